@@ -1,0 +1,66 @@
+"""Training losses: the simple (eps or v) mean-squared error and min-SNR-gamma weighting.
+
+The learned-variance hybrid loss of improved DDPM lives in :mod:`cascade.diffusion.variance`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from cascade.diffusion.parametrization import check_prediction, training_target
+from cascade.errors import UserError, choice_error
+
+Weighting = Literal["none", "min_snr"]
+WEIGHTINGS: tuple[str, ...] = ("none", "min_snr")
+
+
+def mean_flat(x: torch.Tensor) -> torch.Tensor:
+    """Mean over every dimension but the first: [B, ...] -> [B]."""
+    return x.flatten(1).mean(dim=1)
+
+
+def min_snr_weight(log_snr: torch.Tensor, prediction: str, gamma: float = 5.0) -> torch.Tensor:
+    """Min-SNR-gamma loss weights [B] (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR
+    Weighting Strategy", eq. 10 and appendix): the x0-space weight min(SNR, gamma), expressed for the
+    space the network predicts in: divided by SNR for eps and by SNR + 1 for v."""
+    check_prediction(prediction)
+    if not gamma > 0:
+        raise UserError(f"min_snr_gamma must be > 0, got {gamma}")
+    snr = torch.exp(log_snr)
+    clipped = torch.clamp(snr, max=gamma)
+    if prediction == "eps":
+        return clipped / snr
+    if prediction == "v":
+        return clipped / (snr + 1)
+    return clipped
+
+
+def simple_loss(
+    output: torch.Tensor,
+    x0: torch.Tensor,
+    noise: torch.Tensor,
+    alpha: torch.Tensor,
+    sigma: torch.Tensor,
+    log_snr: torch.Tensor,
+    prediction: str,
+    weighting: str = "none",
+    min_snr_gamma: float = 5.0,
+) -> torch.Tensor:
+    """Per-sample loss [B]: weighted mean squared error between the network output and its target.
+
+    :param output: [B, ...] network output of type ``prediction`` (eps, x0 or v).
+    :param x0, noise: [B, ...] the clean sample and the noise that made x_t.
+    :param alpha, sigma, log_snr: [B] float64 schedule values at each sample's t.
+    """
+    if weighting not in WEIGHTINGS:
+        raise choice_error("loss weighting", weighting, WEIGHTINGS)
+    shape = (-1,) + (1,) * (x0.ndim - 1)
+    a = alpha.to(x0.dtype).reshape(shape)
+    s = sigma.to(x0.dtype).reshape(shape)
+    target = training_target(x0, noise, a, s, prediction)
+    loss = mean_flat((output.float() - target.float()) ** 2)
+    if weighting == "min_snr":
+        loss = loss * min_snr_weight(log_snr, prediction, min_snr_gamma).to(loss.dtype)
+    return loss
