@@ -1,0 +1,157 @@
+"""``cascade data``: write training shards (webdataset tars).
+
+- ``cascade data world``: render the procedural shapes world (docs: WORLD.md) into shards.
+  Sample i of ``--seed S`` is the scene of seed S + i, so a run is reproducible and a
+  later run with ``--seed S+N`` extends it. Each sample is ``KEY.png`` (or ``KEY.clip.png``,
+  the F frames side by side), ``KEY.txt`` (the caption) and ``KEY.json`` (the scene);
+  keys are ``{split}-{scene seed:09d}``.
+- ``cascade data ingest``: captioned images or img2dataset shards -> the same format.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+MIN_SIZE = 16
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "data", help="write training shards: render the shapes world, or ingest captioned images",
+        description="Write webdataset shards ({prefix}-000000.tar, ...) for training.")
+    commands = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND", parser_class=type(parser))
+    commands.required = True
+
+    world = commands.add_parser(
+        "world", help="render shapes-world scenes (or clips) into shards",
+        description="Render scenes of the shapes world into shards: per sample KEY.png (clips: KEY.clip.png, "
+                    "the frames side by side), KEY.txt (caption) and KEY.json (scene). "
+                    "Sample i uses scene seed SEED + i.")
+    world.add_argument("--split", required=True, help="train, eval or heldout")
+    world.add_argument("--size", type=int, required=True, help="image side in pixels (>= 16)")
+    world.add_argument("--count", type=int, required=True, help="number of samples (>= 1)")
+    world.add_argument("--out", type=Path, required=True, help="output folder")
+    world.add_argument("--clips", action="store_true", help="write clips instead of still images")
+    world.add_argument("--frames", type=int, default=None, help="frames per clip (default 8; needs --clips)")
+    world.add_argument("--seed", type=int, default=0, help="scene seed of the first sample (default 0)")
+    world.add_argument("--workers", type=int, default=1, help="render in this many processes (default 1)")
+    _add_shard_options(world, prefix_help="shard name prefix (default: the split)")
+    world.set_defaults(func=run_world)
+
+    ingest = commands.add_parser(
+        "ingest", help="turn captioned images or img2dataset shards into training shards",
+        description="Read SRC (a folder of images with same-named .txt captions, and/or img2dataset-style "
+                    ".tar shards), centre-crop and resize to --size, drop images smaller than --min-size, "
+                    "and write shards. Bad samples are skipped and counted in OUT/ingest-report.json.")
+    ingest.add_argument("src", type=Path, metavar="SRC", help="source folder or .tar")
+    ingest.add_argument("--out", type=Path, required=True, help="output folder")
+    ingest.add_argument("--size", type=int, required=True, help="output image side in pixels (>= 16)")
+    ingest.add_argument("--min-size", type=int, default=None, help="drop images with a shorter side (default: --size)")
+    ingest.add_argument("--max-caption-chars", type=int, default=1000, help="drop longer captions (default 1000)")
+    _add_shard_options(ingest, prefix_help="shard name prefix (default: data)")
+    ingest.set_defaults(func=run_ingest)
+
+
+def _add_shard_options(parser: argparse.ArgumentParser, *, prefix_help: str) -> None:
+    parser.add_argument("--maxcount", type=int, default=1000, help="samples per shard (default 1000)")
+    parser.add_argument("--prefix", default=None, help=prefix_help)
+    parser.add_argument("--overwrite", action="store_true", help="replace shards with the same prefix in --out")
+
+
+def _check_common(args: argparse.Namespace) -> None:
+    from cascade.errors import UserError
+
+    if args.size < MIN_SIZE:
+        raise UserError(f"--size must be at least {MIN_SIZE}, got {args.size}")
+    if args.maxcount < 1:
+        raise UserError(f"--maxcount must be at least 1, got {args.maxcount}")
+    if args.out.exists() and not args.out.is_dir():
+        raise UserError(f"--out {args.out} is a file, not a folder")
+
+
+def run_world(args: argparse.Namespace) -> int:
+    from cascade.errors import UserError, choice_error
+
+    _check_common(args)
+    if args.count < 1:
+        raise UserError(f"--count must be at least 1, got {args.count}")
+    if args.seed < 0:
+        raise UserError(f"--seed must be >= 0, got {args.seed}")
+    if args.frames is not None and not args.clips:
+        raise UserError("--frames needs --clips")
+    frames = 8 if args.frames is None else args.frames
+    if frames < 1:
+        raise UserError(f"--frames must be at least 1, got {frames}")
+    if args.workers < 1:
+        raise UserError(f"--workers must be at least 1, got {args.workers}")
+    try:
+        from data_pipeline import world
+    except ImportError as error:
+        raise UserError(f"the shapes world is not available: {error}") from None
+    if args.split not in world.SPLITS:
+        raise choice_error("split", args.split, list(world.SPLITS))
+
+    import multiprocessing
+
+    from tqdm import tqdm
+
+    from data_pipeline.shards import ShardWriter, prepare_out_dir
+
+    prefix = args.prefix or args.split
+    out = prepare_out_dir(args.out, prefix, overwrite=args.overwrite)
+    jobs = [(args.split, args.seed + i, args.size, args.clips, frames) for i in range(args.count)]
+    pool = multiprocessing.get_context("fork").Pool(args.workers) if args.workers > 1 else None
+    try:
+        records = pool.imap(_world_sample, jobs, chunksize=4) if pool else map(_world_sample, jobs)
+        with ShardWriter(out, prefix=prefix, maxcount=args.maxcount) as writer, \
+                tqdm(total=args.count, unit="sample", desc=f"world {args.split}") as bar:
+            for record in records:  # in seed order, whatever the number of workers
+                writer.write(record)
+                bar.update(1)
+    finally:
+        if pool is not None:
+            pool.terminate()
+    kind = f"{frames}-frame clips" if args.clips else "images"
+    print(f"wrote {writer.count} {args.split} {kind} of {args.size} px (seeds {args.seed}..{args.seed + args.count - 1}) "
+          f"in {len(writer.shards)} shard(s) to {out}")
+    return 0
+
+
+def _world_sample(job: tuple[str, int, int, bool, int]) -> dict:
+    """Render the shard sample of scene seed ``seed``: key, caption, image or clip strip, scene json."""
+    from data_pipeline import world
+    from data_pipeline.shards import sample_record
+
+    split, seed, size, clips, frames = job
+    scene = world.sample_scene(split, seed, clip=clips, frames=frames)
+    text = world.caption(scene, seed=seed, drop_words=split == "train")
+    key = f"{split}-{seed:09d}"
+    if clips:
+        return sample_record(key, caption=text, frames=world.render_clip(scene, size), meta=scene.to_json())
+    return sample_record(key, caption=text, image=world.render_image(scene, size), meta=scene.to_json())
+
+
+def run_ingest(args: argparse.Namespace) -> int:
+    from cascade.errors import UserError
+
+    _check_common(args)
+    if not args.src.exists():
+        raise UserError(f"SRC {args.src} does not exist")
+    if args.min_size is not None and args.min_size < 1:
+        raise UserError(f"--min-size must be at least 1, got {args.min_size}")
+    if args.max_caption_chars < 1:
+        raise UserError(f"--max-caption-chars must be at least 1, got {args.max_caption_chars}")
+
+    from tqdm import tqdm
+
+    from data_pipeline.ingest import ingest
+
+    with tqdm(unit="img", desc="ingest") as bar:
+        summary = ingest(args.src, args.out, size=args.size, min_size=args.min_size, maxcount=args.maxcount,
+                         prefix=args.prefix or "data", max_caption_chars=args.max_caption_chars,
+                         overwrite=args.overwrite, progress=bar.update)
+    print(summary.line())
+    if summary.written == 0:
+        raise UserError(f"no usable sample in {args.src} (see {summary.report})")
+    return 0
