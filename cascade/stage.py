@@ -1,0 +1,182 @@
+"""A diffusion stage: a U-Net, a noise schedule, a parametrisation and how it is conditioned.
+
+Training and sampling go through the same object: ``stage(x0, cond, generator)`` is the
+per-sample training loss, and ``stage.denoiser(cond, ...)`` is what samplers call. The network
+sees times in [0, 1000) whatever the schedule's units (:meth:`DiffusionStage.model_time`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cascade.diffusion.forward import q_sample
+from cascade.diffusion.losses import simple_loss
+from cascade.diffusion.schedules import DiscreteSchedule, NoiseSchedule, build_schedule
+from cascade.errors import UserError
+from cascade.sampling.denoiser import Denoiser, denoiser_from_model
+from cascade.sampling.guidance import check_guidance_scale, classifier_free_guidance, dynamic_threshold, static_clip
+from stages.conditioning import Conditioning
+from stages.unet import UNet, UNetConfig
+
+MODEL_TIME_SCALE = 1000.0
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    name: str = "cosine"
+    num_steps: int = 1000
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """Everything that defines a stage apart from its weights.
+
+    ``resolution`` is the output size; super-resolution stages also name ``low_resolution``, the
+    size of the image they refine. ``frames`` > 1 makes a video stage (the U-Net needs temporal layers).
+    Noise augmentation levels are fractions of the schedule's time range.
+    """
+
+    name: str = "base64"
+    resolution: int = 64
+    low_resolution: int | None = None
+    frames: int = 1
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    prediction: Literal["eps", "x0", "v"] = "v"
+    loss_weighting: Literal["none", "min_snr"] = "min_snr"
+    min_snr_gamma: float = 5.0
+    text_drop_prob: float = 0.1
+    image_drop_prob: float = 0.1
+    max_train_aug: float = 0.5
+    sample_aug: float = 0.1
+    unet: UNetConfig = field(default_factory=UNetConfig)
+
+    def __post_init__(self) -> None:
+        if self.resolution < 8 or self.resolution % self.unet.downsampling_factor:
+            raise ValueError(
+                f"resolution must be >= 8 and a multiple of {self.unet.downsampling_factor}, got {self.resolution}"
+            )
+        if (self.low_resolution is None) != (self.unet.low_res_channels == 0):
+            raise ValueError("low_resolution and unet.low_res_channels go together (super-resolution stages)")
+        if self.low_resolution is not None and not 0 < self.low_resolution < self.resolution:
+            raise ValueError(f"low_resolution must be between 1 and resolution, got {self.low_resolution}")
+        if self.frames < 1 or (self.frames > 1 and not self.unet.temporal):
+            raise ValueError("frames must be >= 1, and a video stage (frames > 1) needs unet.temporal")
+        for name in ("text_drop_prob", "image_drop_prob", "max_train_aug", "sample_aug"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
+
+    @property
+    def is_super_resolution(self) -> bool:
+        return self.low_resolution is not None
+
+
+class DiffusionStage(nn.Module):
+    """One stage of the cascade. Images are [B, 3, H, W] in [-1, 1]; clips [B, F, 3, H, W]."""
+
+    def __init__(self, config: StageConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.network = UNet(config.unet)
+        self.schedule: NoiseSchedule = build_schedule(
+            config.schedule.name, config.schedule.num_steps, resolution=config.resolution
+        )
+
+    # ------------------------------------------------------------------ time
+
+    def model_time(self, t: torch.Tensor) -> torch.Tensor:
+        """Schedule times [B] (float64) -> the network's time input [B] float32 in [0, 1000)."""
+        span = self.schedule.t_max + (1.0 if isinstance(self.schedule, DiscreteSchedule) else 0.0)
+        return (t.to(torch.float64) * (MODEL_TIME_SCALE / span)).float()
+
+    def random_times(self, batch: int, generator: torch.Generator | None, max_fraction: float = 1.0) -> torch.Tensor:
+        """[B] float64 times drawn uniformly: integer steps of a discrete schedule, reals otherwise."""
+        if isinstance(self.schedule, DiscreteSchedule):
+            high = max(1, int(round(max_fraction * self.schedule.num_steps)))
+            return torch.randint(0, high, (batch,), generator=generator).to(torch.float64)
+        return torch.rand(batch, generator=generator, dtype=torch.float64) * max_fraction
+
+    def aug_time(self, fraction: float) -> float:
+        """The schedule time of a noise-augmentation level given as a fraction of the time range."""
+        return self.schedule.t_min + fraction * (self.schedule.t_max - self.schedule.t_min)
+
+    # ------------------------------------------------------------------ conditioning
+
+    def upsampled_low_res(self, low_res: torch.Tensor) -> torch.Tensor:
+        """Low-res images [B, 3, h, w] (or clips [B, F, 3, h, w]) bilinearly resized to the output size."""
+        size = self.config.resolution
+        if low_res.ndim == 5:
+            b, f = low_res.shape[:2]
+            return self.upsampled_low_res(low_res.flatten(0, 1)).reshape(b, f, 3, size, size)
+        if low_res.shape[-1] == size:
+            return low_res
+        return F.interpolate(low_res, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
+
+    def augmented(
+        self, cond: Conditioning, aug_t: torch.Tensor, generator: torch.Generator | None
+    ) -> Conditioning:
+        """Noise conditioning augmentation (Ho et al. 2022, "Cascaded Diffusion Models", section 4.1):
+        the upsampled low-res image is diffused to time ``aug_t`` [B], and the network is told that time."""
+        if cond.low_res is None:
+            raise UserError(f"stage {self.config.name!r} refines an image: it needs the low-resolution input")
+        low = self.upsampled_low_res(cond.low_res)
+        noise = torch.randn(low.shape, generator=generator, dtype=low.dtype).to(low.device)
+        noisy = q_sample(low, aug_t, self.schedule, noise)
+        return replace(cond, low_res=noisy, aug_level=self.model_time(aug_t).to(low.device))
+
+    def _dropped(self, cond: Conditioning, batch: int, generator: torch.Generator | None) -> Conditioning:
+        """Conditioning dropout for classifier-free guidance."""
+        drop_text = torch.rand(batch, generator=generator) < self.config.text_drop_prob
+        drop_image = torch.rand(batch, generator=generator) < self.config.image_drop_prob
+        return replace(cond, drop_text=drop_text, drop_image=drop_image)
+
+    # ------------------------------------------------------------------ training
+
+    def forward(self, x0: torch.Tensor, cond: Conditioning, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The per-sample training loss [B] for clean images or clips x0 ([B, 3, H, W] or [B, F, 3, H, W]).
+
+        All randomness (times, noise, dropout of the conditioning, augmentation levels) comes from
+        ``generator`` so that a resumed run draws exactly what an uninterrupted one would.
+        """
+        batch = x0.shape[0]
+        t = self.random_times(batch, generator)
+        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+        x_t = q_sample(x0, t, self.schedule, noise)
+        cond = self._dropped(cond, batch, generator)
+        if self.config.is_super_resolution:
+            cond = self.augmented(cond, self.random_times(batch, generator, self.config.max_train_aug), generator)
+        output = self.network(x_t, self.model_time(t).to(x0.device), cond)
+        alpha, sigma = self.schedule.alpha_sigma(t)
+        c = self.config
+        return simple_loss(output, x0, noise, alpha, sigma, self.schedule.log_snr(t), c.prediction, c.loss_weighting, c.min_snr_gamma)
+
+    # ------------------------------------------------------------------ sampling
+
+    def denoiser(self, cond: Conditioning, guidance: float = 1.0, threshold: str | None = None) -> Denoiser:
+        """The x0-denoiser samplers call, conditioned on ``cond``, with classifier-free guidance scale
+        ``guidance`` (one batched forward for both halves) and ``threshold`` None, "static" or "dynamic"."""
+        scale = check_guidance_scale(guidance)
+        network = self.network
+
+        def model_for(conditioning: Conditioning):
+            def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                return network(x, self.model_time(t).to(x.device), conditioning).to(x.dtype)
+
+            return model
+
+        if scale == 1.0:
+            den = denoiser_from_model(model_for(cond), self.schedule, self.config.prediction)
+        else:
+            paired = denoiser_from_model(model_for(cond.doubled_for_guidance()), self.schedule, self.config.prediction)
+            den = classifier_free_guidance(paired, scale)
+        if threshold == "dynamic":
+            return dynamic_threshold(den)
+        if threshold == "static":
+            return static_clip(den)
+        if threshold is not None:
+            raise UserError(f"unknown threshold {threshold!r} (choose from: static, dynamic)")
+        return den

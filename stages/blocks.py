@@ -1,0 +1,69 @@
+"""Residual blocks and resampling layers of the U-Net (4-D tensors [N, C, H, W])."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm with up to 32 groups that divide ``channels``."""
+    groups = min(32, channels)
+    while channels % groups:
+        groups -= 1
+    return nn.GroupNorm(groups, channels, eps=1e-6)
+
+
+def zero_module(module: nn.Module) -> nn.Module:
+    """Zero a layer's parameters, so that a residual branch starts as the identity."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-conv twice, with the conditioning embedding as a scale and shift of the second
+    norm ("adaptive group norm": Nichol & Dhariwal 2021, section 3; Dhariwal & Nichol 2021, eq. in 4).
+
+    x [N, C_in, H, W], emb [N, E] -> [N, C_out, H, W].
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, embed_dim: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.norm1 = group_norm(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.emb = nn.Linear(embed_dim, 2 * out_channels)
+        self.norm2 = group_norm(out_channels)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1))
+        self.skip = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))  # [N, C_out, H, W]
+        scale, shift = self.emb(F.silu(emb))[:, :, None, None].chunk(2, dim=1)  # [N, C_out, 1, 1] each
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(self.dropout(F.silu(h)))
+        return self.skip(x) + h
+
+
+class Downsample(nn.Module):
+    """[N, C, H, W] -> [N, C_out, H/2, W/2] by a strided 3x3 convolution."""
+
+    def __init__(self, channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, out_channels, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """[N, C, H, W] -> [N, C_out, 2H, 2W]: nearest-neighbour upsampling, then a 3x3 convolution."""
+
+    def __init__(self, channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, out_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))

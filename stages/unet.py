@@ -1,0 +1,219 @@
+"""The U-Net of every stage: base, super-resolution, image or video (temporal layers switched on).
+
+In the spirit of Imagen's Efficient U-Net (Saharia et al. 2022, appendix B): residual blocks
+with the time (and noise-augmentation) embedding, capacity set per level, attention with text
+tokens only at the low resolutions, the pooled text / image embedding added to the time
+embedding, and the image embedding also turned into extra context tokens (unCLIP, Ramesh et al.
+2022, section 2.1). Attention runs through ``scaled_dot_product_attention``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from stages.attention import SpatialAttention
+from stages.blocks import Downsample, ResBlock, Upsample, group_norm, zero_module
+from stages.conditioning import Conditioning
+from stages.embeddings import NullableProjection, TimeEmbedding
+from stages.temporal import TemporalAttention, TemporalConv
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """The shape of a U-Net. Level i works at 1/2^i of the input size with base_channels * channel_mults[i]
+    channels, ``res_blocks[i]`` residual blocks and, where ``attention_levels[i]``, attention."""
+
+    in_channels: int = 3
+    out_channels: int = 3
+    base_channels: int = 64
+    channel_mults: tuple[int, ...] = (1, 2, 3, 4)
+    res_blocks: tuple[int, ...] = (2, 2, 2, 2)
+    attention_levels: tuple[bool, ...] = (False, False, True, True)
+    head_dim: int = 32
+    dropout: float = 0.0
+    text_dim: int | None = None
+    pooled_dim: int | None = None
+    image_embed_dim: int | None = None
+    image_tokens: int = 4
+    context_dim: int = 256
+    low_res_channels: int = 0
+    noise_augmentation: bool = False
+    temporal: bool = False
+    temporal_max_distance: int = 16
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        levels = len(self.channel_mults)
+        if levels < 1 or len(self.res_blocks) != levels or len(self.attention_levels) != levels:
+            raise ValueError("channel_mults, res_blocks and attention_levels must have one entry per level")
+
+    @property
+    def embed_dim(self) -> int:
+        return 4 * self.base_channels
+
+    @property
+    def has_context(self) -> bool:
+        return self.text_dim is not None or self.image_embed_dim is not None
+
+    @property
+    def downsampling_factor(self) -> int:
+        return 2 ** (len(self.channel_mults) - 1)
+
+
+@dataclass
+class _State:
+    """What every block needs besides x, computed once per forward."""
+
+    emb: torch.Tensor  # [N, E]
+    context: torch.Tensor | None  # [N, L, D_ctx]
+    context_mask: torch.Tensor | None  # [N, L]
+    frames: int
+    video_mask: torch.Tensor | None  # [B]
+
+
+class Unit(nn.Module):
+    """One residual block, then (where configured) attention and the temporal layers."""
+
+    def __init__(self, in_channels: int, out_channels: int, config: UNetConfig, attention: bool) -> None:
+        super().__init__()
+        self.res = ResBlock(in_channels, out_channels, config.embed_dim, config.dropout)
+        context_dim = config.context_dim if config.has_context else None
+        self.attention = SpatialAttention(out_channels, config.head_dim, context_dim) if attention else None
+        self.temporal_conv = TemporalConv(out_channels) if config.temporal else None
+        self.temporal_attention = (
+            TemporalAttention(out_channels, config.head_dim, config.temporal_max_distance)
+            if config.temporal and attention
+            else None
+        )
+
+    def forward(self, x: torch.Tensor, state: _State) -> torch.Tensor:
+        x = self.res(x, state.emb)
+        video = state.frames > 1
+        if self.temporal_conv is not None and video:
+            x = self.temporal_conv(x, state.frames, state.video_mask)
+        if self.attention is not None:
+            x = self.attention(x, state.context, state.context_mask)
+        if self.temporal_attention is not None and video:
+            x = self.temporal_attention(x, state.frames, state.video_mask)
+        return x
+
+
+class UNet(nn.Module):
+    """x [B, C, H, W] or [B, F, C, H, W], t [B] (time in [0, 1000)) -> the same shape with ``out_channels``.
+
+    H and W must be multiples of ``config.downsampling_factor``.
+    """
+
+    def __init__(self, config: UNetConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        widths = [c.base_channels * m for m in c.channel_mults]
+        self.time_embed = TimeEmbedding(c.base_channels, c.embed_dim)
+        self.aug_embed = TimeEmbedding(c.base_channels, c.embed_dim) if c.noise_augmentation else None
+        self.pooled_embed = NullableProjection(c.pooled_dim, c.embed_dim) if c.pooled_dim else None
+        self.text_context = NullableProjection(c.text_dim, c.context_dim) if c.text_dim else None
+        self.image_embed = NullableProjection(c.image_embed_dim, c.embed_dim) if c.image_embed_dim else None
+        self.image_context = (
+            NullableProjection(c.image_embed_dim, c.image_tokens * c.context_dim) if c.image_embed_dim else None
+        )
+
+        self.input_conv = nn.Conv2d(c.in_channels + c.low_res_channels, widths[0], 3, padding=1)
+        self.down = nn.ModuleList()
+        skip_channels = [widths[0]]
+        channels = widths[0]
+        for level, width in enumerate(widths):
+            for _ in range(c.res_blocks[level]):
+                self.down.append(Unit(channels, width, c, c.attention_levels[level]))
+                channels = width
+                skip_channels.append(channels)
+            if level < len(widths) - 1:
+                self.down.append(Downsample(channels, channels))
+                skip_channels.append(channels)
+        self.middle = nn.ModuleList([Unit(channels, channels, c, True), Unit(channels, channels, c, False)])
+        self.up = nn.ModuleList()
+        for level in reversed(range(len(widths))):
+            for _ in range(c.res_blocks[level] + 1):
+                self.up.append(Unit(channels + skip_channels.pop(), widths[level], c, c.attention_levels[level]))
+                channels = widths[level]
+            if level > 0:
+                self.up.append(Upsample(channels, channels))
+        self.output = nn.Sequential(group_norm(channels), nn.SiLU(), zero_module(nn.Conv2d(channels, c.out_channels, 3, padding=1)))
+
+    # ------------------------------------------------------------------ conditioning
+
+    def _embed(self, t: torch.Tensor, cond: Conditioning, frames: int, dtype: torch.dtype) -> _State:
+        c = self.config
+        emb = self.time_embed(t)  # [B, E]
+        if self.aug_embed is not None:
+            aug = cond.aug_level if cond.aug_level is not None else torch.zeros_like(t)
+            emb = emb + self.aug_embed(aug)
+        tokens, masks = [], []
+        if self.text_context is not None and cond.text_tokens is not None:
+            text = self.text_context(cond.text_tokens, None)  # [B, L, D_ctx]
+            mask = cond.text_mask if cond.text_mask is not None else torch.ones(text.shape[:2], dtype=torch.bool, device=text.device)
+            if cond.drop_text is not None:
+                null = self.text_context.null.to(text.dtype)
+                dropped = cond.drop_text[:, None]
+                text = torch.where(dropped[..., None], null.expand_as(text), text)
+                first_only = torch.zeros_like(mask)
+                first_only[:, 0] = True
+                mask = torch.where(dropped, first_only, mask)
+            tokens.append(text)
+            masks.append(mask)
+        if self.pooled_embed is not None and cond.pooled is not None:
+            emb = emb + self.pooled_embed(cond.pooled, cond.drop_text)
+        if self.image_embed is not None and cond.image_embed is not None:
+            emb = emb + self.image_embed(cond.image_embed, cond.drop_image)
+            image_tokens = self.image_context(cond.image_embed, cond.drop_image)
+            image_tokens = image_tokens.reshape(t.shape[0], c.image_tokens, c.context_dim)
+            tokens.append(image_tokens)
+            masks.append(torch.ones(image_tokens.shape[:2], dtype=torch.bool, device=image_tokens.device))
+        context = torch.cat(tokens, dim=1).to(dtype) if tokens else None
+        context_mask = torch.cat(masks, dim=1) if masks else None
+        if frames > 1:  # every frame of a clip sees its clip's conditioning
+            emb = emb.repeat_interleave(frames, dim=0)
+            if context is not None:
+                context = context.repeat_interleave(frames, dim=0)
+                context_mask = context_mask.repeat_interleave(frames, dim=0)
+        return _State(emb.to(dtype), context, context_mask, frames, cond.video_mask)
+
+    # ------------------------------------------------------------------ forward
+
+    def _run(self, module: nn.Module, x: torch.Tensor, state: _State) -> torch.Tensor:
+        if isinstance(module, Unit):
+            if self.config.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                return checkpoint(module, x, state, use_reentrant=False)
+            return module(x, state)
+        return module(x)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning | None = None) -> torch.Tensor:
+        cond = cond or Conditioning()
+        video = x.ndim == 5
+        batch, frames = x.shape[0], (x.shape[1] if video else 1)
+        h = x.flatten(0, 1) if video else x  # [B*F, C, H, W]
+        if self.config.low_res_channels:
+            if cond.low_res is None:
+                raise ValueError("a super-resolution U-Net needs cond.low_res")
+            low_res = cond.low_res.flatten(0, 1) if cond.low_res.ndim == 5 else cond.low_res
+            h = torch.cat([h, low_res.to(h.dtype)], dim=1)
+        state = self._embed(t, cond, frames, self.input_conv.weight.dtype)
+
+        h = self.input_conv(h)
+        skips = [h]
+        for module in self.down:
+            h = self._run(module, h, state)
+            skips.append(h)
+        for module in self.middle:
+            h = self._run(module, h, state)
+        for module in self.up:
+            if isinstance(module, Unit):
+                h = torch.cat([h, skips.pop()], dim=1)
+            h = self._run(module, h, state)
+        out = self.output(h)  # [B*F, C_out, H, W]
+        return out.reshape(batch, frames, *out.shape[1:]) if video else out
