@@ -14,6 +14,7 @@ import argparse
 from pathlib import Path
 
 MIN_SIZE = 16
+WORLD_API = ("SPLITS", "sample_scene", "render_image", "render_clip", "caption")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -89,6 +90,9 @@ def run_world(args: argparse.Namespace) -> int:
         from data_pipeline import world
     except ImportError as error:
         raise UserError(f"the shapes world is not available: {error}") from None
+    missing = [name for name in WORLD_API if not hasattr(world, name)]
+    if missing:
+        raise UserError(f"the shapes world is not available (data_pipeline.world lacks {', '.join(missing)})")
     if args.split not in world.SPLITS:
         raise choice_error("split", args.split, list(world.SPLITS))
 
@@ -113,7 +117,8 @@ def run_world(args: argparse.Namespace) -> int:
         if pool is not None:
             pool.terminate()
     kind = f"{frames}-frame clips" if args.clips else "images"
-    print(f"wrote {writer.count} {args.split} {kind} of {args.size} px (seeds {args.seed}..{args.seed + args.count - 1}) "
+    last = args.seed + args.count - 1
+    print(f"wrote {writer.count} {args.split} {kind} of {args.size} px (seeds {args.seed}..{last}) "
           f"in {len(writer.shards)} shard(s) to {out}")
     return 0
 
