@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import copy
 import io
-import os
 import re
 import sys
 import tarfile
@@ -39,6 +38,7 @@ import torch
 from torch import Tensor
 
 from cascade.errors import UserError
+from cascade.fileio import atomic_output
 from cascade.text.base import TextEncoder
 from cascade.text.prompts import decode_prompt, validate_prompt
 
@@ -199,25 +199,17 @@ def _embed_one_shard(
 ) -> dict[str, int]:
     counts = {"samples": 0, "embedded": 0, "skipped": 0}
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            with tarfile.open(fileobj=handle, mode="w", format=tarfile.PAX_FORMAT) as out:
-                embedder = _ShardEmbedder(encoder, out, batch_size)
-                for item in _iter_samples_checked(shard, caption_ext, skip_bad, counts):
-                    if isinstance(item, _Sample):
-                        counts["samples"] += 1
-                        embedder.add(item)
-                    else:
-                        _add_member(out, *item)
-                embedder.flush()
-                counts["embedded"] = embedder.embedded
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_output(target) as tmp, open(tmp, "wb") as handle:
+        with tarfile.open(fileobj=handle, mode="w", format=tarfile.PAX_FORMAT) as out:
+            embedder = _ShardEmbedder(encoder, out, batch_size)
+            for item in _iter_samples_checked(shard, caption_ext, skip_bad, counts):
+                if isinstance(item, _Sample):
+                    counts["samples"] += 1
+                    embedder.add(item)
+                else:
+                    _add_member(out, *item)
+            embedder.flush()
+            counts["embedded"] = embedder.embedded
     return counts
 
 

@@ -29,8 +29,9 @@ from typing import Any
 import numpy as np
 
 from cascade.errors import UserError
+from cascade.fileio import atomic_write_bytes
 from data_pipeline.shards import (
-    ShardWriter, SkipStats, atomic_write_bytes, iter_samples, prepare_out_dir, sample_record,
+    ShardWriter, SkipStats, iter_samples, prepare_out_dir, sample_record,
 )
 
 FOLDER_IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")

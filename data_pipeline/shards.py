@@ -34,6 +34,8 @@ from typing import IO, Any
 
 import numpy as np
 
+from cascade.fileio import fsync_and_replace
+
 #: Shard file names: ``{prefix}-{index:06d}.tar``.
 SHARD_NAME = "{prefix}-{index:06d}.tar"
 #: Reasons counted by :func:`iter_samples` (events, one per damaged place in a shard).
@@ -188,28 +190,10 @@ class ShardWriter:
         assert self._tar is not None and self._tmp is not None
         self._tar.close()
         final = self.out_dir / SHARD_NAME.format(prefix=self.prefix, index=self.index)
-        _commit(self._tmp, final)
+        fsync_and_replace(self._tmp, final)
         self.shards.append(final)
         self._tar, self._tmp = None, None
         self.index += 1
-
-
-def _commit(tmp: Path, final: Path) -> None:
-    """Flush ``tmp`` to disk and rename it to ``final`` (atomic within one filesystem)."""
-    with open(tmp, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, final)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to a hidden temporary file beside ``path`` and rename it into place."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        _commit(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def prepare_out_dir(out_dir: str | Path, prefix: str, *, overwrite: bool = False) -> Path:

@@ -14,7 +14,6 @@ import argparse
 from pathlib import Path
 
 MIN_SIZE = 16
-WORLD_API = ("SPLITS", "sample_scene", "render_image", "render_clip", "caption")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -72,7 +71,7 @@ def _check_common(args: argparse.Namespace) -> None:
 
 
 def run_world(args: argparse.Namespace) -> int:
-    from cascade.errors import UserError, choice_error
+    from cascade.errors import UserError
 
     _check_common(args)
     if args.count < 1:
@@ -86,55 +85,17 @@ def run_world(args: argparse.Namespace) -> int:
         raise UserError(f"--frames must be at least 1, got {frames}")
     if args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
-    try:
-        from data_pipeline import world
-    except ImportError as error:
-        raise UserError(f"the shapes world is not available: {error}") from None
-    missing = [name for name in WORLD_API if not hasattr(world, name)]
-    if missing:
-        raise UserError(f"the shapes world is not available (data_pipeline.world lacks {', '.join(missing)})")
-    if args.split not in world.SPLITS:
-        raise choice_error("split", args.split, list(world.SPLITS))
+    from data_pipeline.world_shards import write_world_shards
 
-    import multiprocessing
-
-    from tqdm import tqdm
-
-    from data_pipeline.shards import ShardWriter, prepare_out_dir
-
-    prefix = args.prefix or args.split
-    out = prepare_out_dir(args.out, prefix, overwrite=args.overwrite)
-    jobs = [(args.split, args.seed + i, args.size, args.clips, frames) for i in range(args.count)]
-    pool = multiprocessing.get_context("fork").Pool(args.workers) if args.workers > 1 else None
-    try:
-        records = pool.imap(_world_sample, jobs, chunksize=4) if pool else map(_world_sample, jobs)
-        with ShardWriter(out, prefix=prefix, maxcount=args.maxcount) as writer, \
-                tqdm(total=args.count, unit="sample", desc=f"world {args.split}") as bar:
-            for record in records:  # in seed order, whatever the number of workers
-                writer.write(record)
-                bar.update(1)
-    finally:
-        if pool is not None:
-            pool.terminate()
+    result = write_world_shards(
+        args.out, args.split, args.count, args.size, seed=args.seed, clips=args.clips, frames=frames,
+        workers=args.workers, maxcount=args.maxcount, prefix=args.prefix, overwrite=args.overwrite,
+    )
     kind = f"{frames}-frame clips" if args.clips else "images"
     last = args.seed + args.count - 1
-    print(f"wrote {writer.count} {args.split} {kind} of {args.size} px (seeds {args.seed}..{last}) "
-          f"in {len(writer.shards)} shard(s) to {out}")
+    print(f"wrote {result.count} {args.split} {kind} of {args.size} px (seeds {args.seed}..{last}) "
+          f"in {len(result.shards)} shard(s) to {result.out}")
     return 0
-
-
-def _world_sample(job: tuple[str, int, int, bool, int]) -> dict:
-    """Render the shard sample of scene seed ``seed``: key, caption, image or clip strip, scene json."""
-    from data_pipeline import world
-    from data_pipeline.shards import sample_record
-
-    split, seed, size, clips, frames = job
-    scene = world.sample_scene(split, seed, clip=clips, frames=frames)
-    text = world.caption(scene, seed=seed, drop_words=split == "train")
-    key = f"{split}-{seed:09d}"
-    if clips:
-        return sample_record(key, caption=text, frames=world.render_clip(scene, size), meta=scene.to_json())
-    return sample_record(key, caption=text, image=world.render_image(scene, size), meta=scene.to_json())
 
 
 def run_ingest(args: argparse.Namespace) -> int:

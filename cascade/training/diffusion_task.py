@@ -1,0 +1,128 @@
+"""Training a diffusion stage (base, super-resolution, video): the :class:`TrainTask` of those stages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cascade.errors import UserError
+from cascade.images import grid, save_png, save_video, to_uint8
+from cascade.sampling import sample
+from cascade.stage import DiffusionStage
+from cascade.training.config import TrainConfig
+from cascade.training.distributed import DistInfo
+from cascade.training.engine import resolve_path
+from stages.conditioning import Conditioning
+
+
+def load_frozen_text_encoder(spec: str | None, max_length: int | None) -> Any:
+    """The frozen text encoder named by a spec (relative paths from the repository root), cached per prompt."""
+    if spec is None:
+        return None
+    from cascade.text import CachedTextEncoder, load_text_encoder
+
+    kind, _, rest = spec.partition(":")
+    if kind == "clip" and rest.startswith("local-dir:"):
+        spec = f"clip:local-dir:{resolve_path(rest[len('local-dir:'):])}"
+    elif kind in ("t5", "hf"):
+        spec = f"{kind}:{resolve_path(rest)}"
+    return CachedTextEncoder(load_text_encoder(spec, max_length=max_length), max_items=50_000)
+
+
+def check_text_dims(stage: DiffusionStage, encoder: Any) -> None:
+    unet = stage.config.unet
+    if encoder is None:
+        if unet.text_dim or unet.pooled_dim:
+            raise UserError(f"stage {stage.config.name!r} is text-conditioned but the config names no text_encoder")
+        return
+    if unet.text_dim != encoder.dim or (unet.pooled_dim and unet.pooled_dim != encoder.pooled_dim):
+        raise UserError(
+            f"stage {stage.config.name!r} expects text dims {unet.text_dim}/{unet.pooled_dim} but the encoder "
+            f"gives {encoder.dim}/{encoder.pooled_dim}"
+        )
+
+
+def text_conditioning(encoder: Any, captions: list[str], dtype: torch.dtype) -> Conditioning:
+    if encoder is None:
+        return Conditioning()
+    emb = encoder.encode(captions)
+    return Conditioning(text_tokens=emb.tokens.to(dtype), text_mask=emb.mask, pooled=emb.pooled.to(dtype))
+
+
+class DiffusionTask:
+    """Trains a :class:`DiffusionStage` on shards of images (or clips) and their captions."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+        self.module = DiffusionStage(config.stage)
+        self.encoder = load_frozen_text_encoder(config.text_encoder, config.text_max_length)
+        check_text_dims(self.module, self.encoder)
+        self._snapshot_batch: dict[str, Any] | None = None
+
+    def make_loader(self, dist: DistInfo) -> Any:
+        from data_pipeline.degrade import StageSizes
+        from data_pipeline.loader import make_loader
+
+        s, d = self.config.stage, self.config.data
+        sizes = StageSizes(
+            size=s.resolution,
+            low_res=s.low_resolution,
+            crop=d.crop,
+            blur_sigma=tuple(d.blur_sigma) if d.blur_sigma else None,
+            frames=s.frames if s.frames > 1 else None,
+        )
+        return make_loader(
+            resolve_path(d.shards), batch_size=d.batch_size, stage=sizes, rank=dist.rank, world_size=dist.world_size,
+            num_workers=d.num_workers, seed=self.config.seed, shuffle_buffer=d.shuffle_buffer, drop_last=True,
+        )
+
+    def inputs(self, batch: dict[str, Any], generator: torch.Generator, dtype: torch.dtype) -> dict[str, Any]:
+        if self._snapshot_batch is None:
+            self._snapshot_batch = {k: (v[:4] if isinstance(v, (list, torch.Tensor)) else v) for k, v in batch.items()}
+        video = "frames" in batch
+        x0 = (batch["frames"] if video else batch["image"]).to(dtype)
+        cond = text_conditioning(self.encoder, list(batch["caption"]), dtype)
+        if self.config.stage.is_super_resolution:
+            cond = Conditioning(**{**cond.__dict__, "low_res": batch["low_res"].to(dtype)})
+        if video:
+            cond = Conditioning(**{**cond.__dict__, "video_mask": torch.ones(x0.shape[0], dtype=torch.bool)})
+        return {"x0": x0, "cond": cond, "generator": generator}
+
+    # ------------------------------------------------------------------ samples
+
+    def snapshot(self, module: DiffusionStage, step: int, out_dir: Path) -> Path | None:
+        """Samples for the fixed prompts (base) or the first batch's low-res images (super-resolution)."""
+        config = self.config
+        generator = torch.Generator().manual_seed(0)
+        if config.stage.is_super_resolution:
+            if self._snapshot_batch is None:
+                return None
+            captions = list(self._snapshot_batch["caption"])
+            cond = text_conditioning(self.encoder, captions, torch.float32)
+            low = self._snapshot_batch["low_res"].float()
+            aug = torch.full((len(captions),), module.aug_time(config.stage.sample_aug), dtype=torch.float64)
+            cond = module.augmented(Conditioning(**{**cond.__dict__, "low_res": low}), aug, generator)
+        else:
+            captions = list(config.sample_prompts)
+            cond = text_conditioning(self.encoder, captions, torch.float32)
+        shape = (len(captions), config.stage.frames, 3) if config.stage.frames > 1 else (len(captions), 3)
+        size = config.stage.resolution
+        noise = torch.randn(*shape, size, size, generator=generator)
+        if "video_mask" in cond.__dataclass_fields__ and config.stage.frames > 1:
+            cond = Conditioning(**{**cond.__dict__, "video_mask": torch.ones(len(captions), dtype=torch.bool)})
+        guidance = config.sample_guidance if self.encoder is not None else 1.0
+        denoiser = module.denoiser(cond, guidance=guidance, threshold="dynamic")
+        images = sample("dpmpp-2m", denoiser, noise, module.schedule, config.sample_steps)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if config.stage.frames > 1:
+            frames = to_uint8(images)  # [B, F, H, W, 3]
+            strip = np.stack([grid(list(frames[:, f])) for f in range(frames.shape[1])])
+            path = out_dir / f"step-{step:08d}.gif"
+            save_video(path, strip, fps=4)
+        else:
+            path = out_dir / f"step-{step:08d}.png"
+            save_png(path, grid(list(to_uint8(images))), {"prompts": " | ".join(captions)})
+        return path
