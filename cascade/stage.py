@@ -19,6 +19,7 @@ from cascade.diffusion.losses import simple_loss
 from cascade.diffusion.schedules import DiscreteSchedule, NoiseSchedule, build_schedule
 from cascade.errors import UserError
 from cascade.sampling.denoiser import Denoiser, denoiser_from_model
+from cascade.sampling.noise import Generators, randn
 from cascade.sampling.guidance import check_guidance_scale, classifier_free_guidance, dynamic_threshold, static_clip
 from stages.conditioning import Conditioning
 from stages.unet import UNet, UNetConfig
@@ -117,15 +118,17 @@ class DiffusionStage(nn.Module):
         return F.interpolate(low_res, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
 
     def augmented(
-        self, cond: Conditioning, aug_t: torch.Tensor, generator: torch.Generator | None
+        self, cond: Conditioning, aug_t: torch.Tensor, generator: Generators, noise: torch.Tensor | None = None
     ) -> Conditioning:
         """Noise conditioning augmentation (Ho et al. 2022, "Cascaded Diffusion Models", section 4.1):
-        the upsampled low-res image is diffused to time ``aug_t`` [B], and the network is told that time."""
+        the upsampled low-res image is diffused to time ``aug_t`` [B] (with ``noise``, or noise drawn
+        from ``generator``), and the network is told that time."""
         if cond.low_res is None:
             raise UserError(f"stage {self.config.name!r} refines an image: it needs the low-resolution input")
         low = self.upsampled_low_res(cond.low_res)
-        noise = torch.randn(low.shape, generator=generator, dtype=low.dtype).to(low.device)
-        noisy = q_sample(low, aug_t, self.schedule, noise)
+        if noise is None:
+            noise = randn(low.shape, generator, dtype=low.dtype, device=low.device)
+        noisy = q_sample(low, aug_t, self.schedule, noise.to(low.dtype))
         return replace(cond, low_res=noisy, aug_level=self.model_time(aug_t).to(low.device))
 
     def _dropped(self, cond: Conditioning, batch: int, generator: torch.Generator | None) -> Conditioning:

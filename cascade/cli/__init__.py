@@ -17,7 +17,7 @@ from cascade import __version__
 from cascade.errors import UserError
 
 #: Subcommand modules, in the order ``cascade --help`` lists them.
-SUBCOMMANDS: tuple[str, ...] = ("info", "data")
+SUBCOMMANDS: tuple[str, ...] = ("render", "data", "export", "info")
 
 
 class OneLineErrorParser(argparse.ArgumentParser):

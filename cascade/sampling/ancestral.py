@@ -13,6 +13,7 @@ import torch
 from cascade.diffusion.forward import step_coefficients
 from cascade.errors import UserError, choice_error
 from cascade.sampling.denoiser import Denoiser, batch_times
+from cascade.sampling.noise import Generators, randn
 from cascade.sampling.plan import SamplingPlan
 
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
@@ -25,8 +26,8 @@ LearnedVarianceDenoiser = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Ten
 """``(x_t, t) -> (x0_hat, v)`` with v in [-1, 1] interpolating log beta and log beta-tilde."""
 
 
-def _noise(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+def _noise(x: torch.Tensor, generator: Generators) -> torch.Tensor:
+    return randn(x.shape, generator, dtype=x.dtype, device=x.device)
 
 
 def sample_ddpm(
@@ -35,7 +36,7 @@ def sample_ddpm(
     plan: SamplingPlan,
     *,
     variance: str = "beta_tilde",
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     callback: StepCallback | None = None,
 ) -> torch.Tensor:
     """DDPM ancestral sampling: x_s = posterior mean + sqrt(variance) z, no noise into the clean endpoint.
@@ -76,7 +77,7 @@ def sample_ddim(
     plan: SamplingPlan,
     *,
     eta: float = 0.0,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     callback: StepCallback | None = None,
 ) -> torch.Tensor:
     """DDIM: x_s = alpha_s x0_hat + sqrt(sigma_s^2 - c^2) eps_hat + c z, c = eta * sqrt(beta-tilde).

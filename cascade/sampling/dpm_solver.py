@@ -16,6 +16,7 @@ import math
 import torch
 
 from cascade.sampling.ancestral import StepCallback
+from cascade.sampling.noise import Generators
 from cascade.sampling.denoiser import Denoiser, batch_times
 from cascade.sampling.plan import SamplingPlan
 
@@ -25,7 +26,7 @@ def sample_dpmpp_2m(
     x: torch.Tensor,
     plan: SamplingPlan,
     *,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     callback: StepCallback | None = None,
 ) -> torch.Tensor:
     """Deterministic; ``generator`` is accepted for a uniform signature and unused.

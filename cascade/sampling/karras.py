@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from cascade.sampling.ancestral import StepCallback
+from cascade.sampling.noise import Generators
 from cascade.sampling.denoiser import Denoiser, batch_times
 from cascade.sampling.plan import SamplingPlan
 
@@ -43,7 +44,7 @@ def sample_euler(
     x: torch.Tensor,
     plan: SamplingPlan,
     *,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     callback: StepCallback | None = None,
 ) -> torch.Tensor:
     """Euler's method, N model evaluations. Deterministic (``generator`` unused).
@@ -58,7 +59,7 @@ def sample_heun(
     x: torch.Tensor,
     plan: SamplingPlan,
     *,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     callback: StepCallback | None = None,
 ) -> torch.Tensor:
     """Heun's second-order method, 2N - 1 model evaluations. Deterministic (``generator`` unused)."""

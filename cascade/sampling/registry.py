@@ -11,6 +11,7 @@ import torch
 from cascade.diffusion.schedules import NoiseSchedule
 from cascade.errors import UserError, choice_error
 from cascade.sampling.ancestral import StepCallback, sample_ddim, sample_ddpm
+from cascade.sampling.noise import Generators
 from cascade.sampling.denoiser import Denoiser
 from cascade.sampling.dpm_solver import sample_dpmpp_2m
 from cascade.sampling.karras import sample_euler, sample_heun
@@ -58,7 +59,7 @@ def sample(
     *,
     plan: str | None = None,
     eta: float = 0.0,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     callback: StepCallback | None = None,
 ) -> torch.Tensor:
     """Run sampler ``name`` for ``steps`` plan steps from ``noise`` [B, ...] ~ N(0, I); returns x_0 [B, ...].

@@ -109,7 +109,8 @@ DEEPSPEED_DATA_CLASSES = (
 )
 
 
-def _safe_globals() -> list[Any]:
+def deepspeed_safe_globals() -> list[Any]:
+    """The DEEPSPEED_DATA_CLASSES that can be imported, for torch.serialization.safe_globals."""
     import importlib
 
     allowed: list[Any] = []
@@ -129,7 +130,7 @@ def verify_pickles(folder: Path) -> None:
     """
     for path in sorted(folder.glob("*.pt")):
         try:
-            with torch.serialization.safe_globals(_safe_globals()):
+            with torch.serialization.safe_globals(deepspeed_safe_globals()):
                 torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # noqa: BLE001  (any failure means: not a plain-data file)
             reason = str(error).split("\n")[-1].strip() or type(error).__name__

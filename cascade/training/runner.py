@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from cascade.config import dump_yaml, load_yaml
-from cascade.errors import UserError
+from cascade.config import dump_yaml, from_dict, read_yaml, to_dict
+from cascade.errors import UserError, choice_error
 from cascade.fileio import atomic_write_text
 from cascade.training.config import TrainConfig
 from cascade.training.distributed import DistInfo, barrier
@@ -15,13 +16,35 @@ from cascade.training.loop import RunResult, train
 DIFFUSION_STAGES = ("base", "sr256", "sr1024", "video64")
 
 
+def _deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overrides.items():
+        merged[key] = _deep_merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return merged
+
+
 def load_train_config(stage: str, path: Path | None) -> TrainConfig:
-    """The config file given, or the shapes-world default of ``stage``."""
+    """The config file given, or the shapes-world default of ``stage``.
+
+    A file may start from a named stage preset (``preset: NAME``, see :mod:`stages.registry`)
+    and override any of its fields under ``stage:``.
+    """
     if path is None:
         path = repository_root() / "configs" / "shapes" / f"{stage}.yaml"
         if not path.is_file():
             raise UserError(f"no default config for stage {stage!r} ({path} is missing)")
-    return load_yaml(TrainConfig, path)
+    raw = read_yaml(path)
+    preset = raw.pop("preset", None)
+    if preset is not None:
+        from stages.registry import PRESET_NAMES, PRESETS
+
+        if preset not in PRESETS:
+            raise choice_error("preset", preset, PRESET_NAMES)
+        stage_overrides = raw.get("stage", {})
+        if not isinstance(stage_overrides, dict):
+            raise UserError(f"{path.name}: stage: expected a mapping, got {stage_overrides!r}")
+        raw["stage"] = _deep_merge(to_dict(PRESETS[preset]), stage_overrides)
+    return from_dict(TrainConfig, raw, where=path.name)
 
 
 def ensure_world_shards(config: TrainConfig, dist: DistInfo) -> None:

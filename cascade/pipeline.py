@@ -1,0 +1,184 @@
+"""The cascade: text -> (prior) -> base -> super-resolution stages, for images and clips.
+
+Every sample has its own random generator, seeded from its own seed and used in a fixed order
+through all the stages, so an image depends only on (prompt, seed, settings), never on which
+other prompts share its batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from cascade.cascade_config import CascadeConfig, load_cascade_config, resolve_encoder_spec
+from cascade.errors import UserError
+from cascade.release import load_stage
+from cascade.sampling import get_sampler, sample
+from cascade.sampling.guidance import check_guidance_scale
+from cascade.sampling.noise import randn
+from cascade.stage import DiffusionStage
+from stages.conditioning import Conditioning
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """Sampling settings, one entry per stage run (base first)."""
+
+    sampler: str
+    steps: tuple[int, ...]
+    guidance: tuple[float, ...]
+    sr_aug: float
+    threshold: str | None
+
+
+def compute_context() -> object:
+    """bf16 autocast where the CPU has fast bf16 (AMX / AVX512-BF16), else nothing."""
+    try:
+        from cascade.device import autocast
+
+        return autocast()
+    except ImportError:
+        return nullcontext()
+
+
+class Cascade:
+    """A loaded cascade release. Build it with :meth:`load`."""
+
+    def __init__(self, folder: Path, config: CascadeConfig, encoder: object, stages: list[DiffusionStage],
+                 video: DiffusionStage | None) -> None:
+        self.folder, self.config, self.encoder = folder, config, encoder
+        self.stages, self.video = stages, video
+
+    @classmethod
+    def load(cls, folder: Path, *, size: int | None = None, video: bool = False) -> "Cascade":
+        """Load the text encoder and the stages needed to reach ``size`` (all if None)."""
+        from cascade.text import CachedTextEncoder, load_text_encoder
+
+        folder = Path(folder)
+        config = load_cascade_config(folder)
+        if config.prior is not None:
+            raise UserError("this cascade uses a prior (unCLIP path), which this version cannot render yet")
+        base = load_stage(folder / config.base)
+        stages = [base]
+        for name in config.super_resolution:
+            if size is not None and stages[-1].config.resolution >= size:
+                break
+            stages.append(load_stage(folder / name))
+        video_stage = None
+        if video:
+            if config.video is None:
+                raise UserError(f"the cascade in {folder} has no video stage")
+            video_stage = load_stage(folder / config.video)
+        spec = resolve_encoder_spec(config.text_encoder, folder)
+        encoder = CachedTextEncoder(load_text_encoder(spec, max_length=config.text_max_length), max_items=4096)
+        return cls(folder, config, encoder, stages, video_stage)
+
+    # ------------------------------------------------------------------ settings
+
+    @property
+    def sizes(self) -> list[int]:
+        return [stage.config.resolution for stage in self.stages]
+
+    def check_size(self, size: int) -> int:
+        """The number of stages to run for ``size``; a size the cascade cannot make is a one-line error."""
+        if size not in self.sizes:
+            raise UserError(f"this cascade renders {', '.join(map(str, self.sizes))} px, not {size}")
+        return self.sizes.index(size) + 1
+
+    def settings(self, *, sampler: str | None = None, steps: Sequence[int] | None = None,
+                 guidance: Sequence[float] | None = None, sr_aug: float | None = None) -> RenderSettings:
+        """Settings with the release's defaults filled in; a single value applies to every stage."""
+        d = self.config.defaults
+        n = len(self.stages)
+        sampler = sampler or d.sampler
+        get_sampler(sampler)
+        steps = _per_stage("steps", steps or d.steps, n)
+        guidance = tuple(check_guidance_scale(g) for g in _per_stage("guidance", guidance or d.guidance, n))
+        sr_aug = d.sr_aug if sr_aug is None else sr_aug
+        if not 0.0 <= sr_aug <= 1.0:
+            raise UserError(f"the noise augmentation level must be between 0 and 1, got {sr_aug}")
+        for stage, count in zip(self.stages, steps):
+            stage.schedule.validate_steps(count)
+        return RenderSettings(sampler, tuple(steps), guidance, sr_aug, d.threshold)
+
+    # ------------------------------------------------------------------ rendering
+
+    def render(self, prompts: Sequence[str], seeds: Sequence[int], size: int, settings: RenderSettings,
+               *, frames: int | None = None, progress: bool = True) -> list[torch.Tensor]:
+        """Images (or clips, with ``frames``) for ``prompts``; one output per stage run, each
+        [B, 3, H, W] (clips [B, F, 3, H, W]) in [-1, 1], the last at ``size`` px."""
+        count = self.check_size(size)
+        if len(prompts) != len(seeds):
+            raise ValueError("one seed per prompt")
+        generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+        embedding = self.encoder.encode(list(prompts))
+        text = Conditioning(text_tokens=embedding.tokens, text_mask=embedding.mask, pooled=embedding.pooled)
+        outputs: list[torch.Tensor] = []
+        with torch.inference_mode(), compute_context():
+            first = self.video if frames is not None else self.stages[0]
+            if first is None:
+                raise UserError("this cascade has no video stage")
+            outputs.append(self._run_base(first, text, generators, settings, frames, progress))
+            for index in range(1, count):
+                outputs.append(self._run_sr(index, text, outputs[-1], generators, settings, progress))
+        return outputs
+
+    def _sample(self, stage: DiffusionStage, cond: Conditioning, noise: torch.Tensor, index: int,
+                settings: RenderSettings, generators: list[torch.Generator], progress: bool) -> torch.Tensor:
+        steps = settings.steps[index]
+        spec = get_sampler(settings.sampler)
+        bar = tqdm(total=steps, desc=f"{stage.config.name} {stage.config.resolution}px", unit="step",
+                   disable=not progress, leave=False)
+        denoiser = stage.denoiser(cond, guidance=settings.guidance[index], threshold=settings.threshold)
+        generator = generators if spec.stochastic else None
+        out = sample(settings.sampler, denoiser, noise, stage.schedule, steps, generator=generator,
+                     callback=lambda *_: bar.update(1))
+        bar.close()
+        return out.float().clamp(-1, 1)
+
+    def _run_base(self, stage: DiffusionStage, text: Conditioning, generators: list[torch.Generator],
+                  settings: RenderSettings, frames: int | None, progress: bool) -> torch.Tensor:
+        size = stage.config.resolution
+        if frames is None:
+            noise = randn((len(generators), 3, size, size), generators)
+            return self._sample(stage, text, noise, 0, settings, generators, progress)
+        noise = randn((len(generators), frames, 3, size, size), generators)
+        cond = replace(text, video_mask=torch.ones(len(generators), dtype=torch.bool))
+        return self._sample(stage, cond, noise, 0, settings, generators, progress)
+
+    def _run_sr(self, index: int, text: Conditioning, low: torch.Tensor, generators: list[torch.Generator],
+                settings: RenderSettings, progress: bool) -> torch.Tensor:
+        """One super-resolution stage; clips are refined frame by frame with the noise shared across
+        a clip's frames, which keeps the static background from flickering."""
+        stage = self.stages[index]
+        size = stage.config.resolution
+        batch = len(generators)
+        aug = torch.full((batch,), stage.aug_time(settings.sr_aug), dtype=torch.float64)
+        if low.ndim == 5:
+            frames = low.shape[1]
+            noise = randn((batch, 3, size, size), generators).repeat_interleave(frames, dim=0)
+            aug_noise = randn((batch, 3, size, size), generators).repeat_interleave(frames, dim=0)
+            per_frame = Conditioning(**{k: (v.repeat_interleave(frames, dim=0) if v is not None else None)
+                                        for k, v in text.__dict__.items()})
+            cond = stage.augmented(replace(per_frame, low_res=low.flatten(0, 1)), aug.repeat_interleave(frames),
+                                   None, noise=aug_noise)
+            frame_generators = [g for g in generators for _ in range(frames)]
+            out = self._sample(stage, cond, noise, index, settings, frame_generators, progress)
+            return out.reshape(batch, frames, 3, size, size)
+        cond = stage.augmented(replace(text, low_res=low), aug, generators)
+        noise = randn((batch, 3, size, size), generators)
+        return self._sample(stage, cond, noise, index, settings, generators, progress)
+
+
+def _per_stage(name: str, values: Sequence, stages: int) -> tuple:
+    values = tuple(values)
+    if len(values) == 1:
+        return values * stages
+    if len(values) < stages:
+        raise UserError(f"--{name} needs 1 or {stages} values (one per stage), got {len(values)}")
+    return values[:stages]

@@ -1,0 +1,68 @@
+"""Shared fixtures: a tiny trained cascade, made once per test session through the user-facing commands."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def run_command(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run a project command in a subprocess (as a user would) and fail the test with its output on error."""
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"), PYTHONUNBUFFERED="1")
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, args))} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+TRAIN = [sys.executable, str(ROOT / "cascade" / "train_stage.py")]
+CASCADE = [sys.executable, "-m", "cascade"]
+
+
+def tiny_config(path: Path, preset: str, shards: Path, clip: Path, extra: str = "") -> Path:
+    path.write_text(
+        f"""preset: {preset}
+data:
+  shards: {shards}
+  world_split: null
+  batch_size: 4
+  num_workers: 0
+text_encoder: clip:local-dir:{clip}
+deepspeed: configs/deepspeed/zero2_bf16.json
+checkpoint_every: 2
+sample_every: 2
+sample_steps: 3
+log_every: 1
+{extra}"""
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_cascade(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 16 -> 32 px cascade trained for a few steps on shapes-world shards, exported and assembled."""
+    from cascade.text.testing import build_tiny_open_clip
+
+    work = tmp_path_factory.mktemp("tiny-cascade")
+    shards = work / "shards"
+    run_command(CASCADE + ["data", "world", "--split", "train", "--size", "32", "--count", "24", "--out", str(shards)], ROOT)
+    clip = build_tiny_open_clip(work / "clip")
+    release = work / "release"
+    for stage, preset in (("base", "tiny-base16"), ("sr256", "tiny-sr32")):
+        config = tiny_config(work / f"{stage}.yaml", preset, shards, clip)
+        run_command(TRAIN + ["--stage", stage, "--config", str(config), "--out", str(work / f"run-{stage}"), "--max-steps", "3"], ROOT)
+        run_command(CASCADE + ["export", str(work / f"run-{stage}"), "--out", str(release / stage)], ROOT)
+    shutil.copytree(clip, release / "clip")
+    (release / "cascade.yaml").write_text(
+        "text_encoder: clip:local-dir:clip\nbase: base\nsuper_resolution: [sr256]\n"
+        "defaults: {sampler: dpmpp-2m, steps: [4, 3], guidance: [2.0, 1.0]}\n"
+    )
+    return release
