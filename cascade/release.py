@@ -43,7 +43,7 @@ def _run_and_checkpoint(source: Path) -> tuple[Path, Path]:
 
 def _module_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
     """The model weights of a DeepSpeed checkpoint, read without unpickling code."""
-    from cascade.training.checkpoint import deepspeed_safe_globals
+    from cascade.training.checkpoint import deepspeed_safe_globals, unpickling_refusal_reason
 
     path = checkpoint / "mp_rank_00_model_states.pt"
     if not path.is_file():
@@ -52,7 +52,8 @@ def _module_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
         with torch.serialization.safe_globals(deepspeed_safe_globals()):
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001
-        raise UserError(f"refusing {path}: it holds more than tensors and plain data ({type(error).__name__})") from None
+        raise UserError(f"refusing {path}: it holds more than tensors and plain data "
+                        f"({unpickling_refusal_reason(error)})") from None
     return state["module"]
 
 

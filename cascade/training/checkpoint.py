@@ -133,10 +133,19 @@ def verify_pickles(folder: Path) -> None:
             with torch.serialization.safe_globals(deepspeed_safe_globals()):
                 torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # noqa: BLE001  (any failure means: not a plain-data file)
-            reason = str(error).split("\n")[-1].strip() or type(error).__name__
-            if "Unsupported global" in str(error):
-                reason = str(error).split("Unsupported global:")[1].split("was not")[0].strip()
-            raise UserError(f"refusing checkpoint file {path}: it holds more than tensors and plain data ({reason})") from None
+            raise UserError(f"refusing checkpoint file {path}: it holds more than tensors and plain data "
+                            f"({unpickling_refusal_reason(error)})") from None
+
+
+def unpickling_refusal_reason(error: Exception) -> str:
+    """The short reason inside torch's long weights-only error (e.g. the global it refused)."""
+    text = str(error)
+    if "Unsupported global:" in text:
+        return text.split("Unsupported global:")[1].split("was not")[0].replace("GLOBAL", "").strip()
+    if "WeightsUnpickler error:" in text:
+        detail = text.split("WeightsUnpickler error:")[1].split("Check the documentation")[0]
+        return " ".join(detail.split()) or type(error).__name__
+    return " ".join(text.split())[:200] or type(error).__name__
 
 
 def load_checkpoint(folder: Path, engine: Any, dist: DistInfo) -> tuple[int, dict[str, Any], dict[str, torch.Tensor]]:

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from cascade.stage import StageConfig
+from stages.clip_world import ClipModelConfig
+from stages.prior import PriorConfig
 
 
 @dataclass(frozen=True)
@@ -48,9 +50,13 @@ class TrainConfig:
     ``text_encoder``: the frozen encoder spec (see :mod:`cascade.text.spec`); relative local paths
     are resolved against the repository root. ``deepspeed``: a JSON file with the engine's own
     settings (ZeRO stage, bf16); the optimisation settings here are merged into it.
+    ``stage`` configures the diffusion stages (base, sr256, sr1024, video64); the world CLIP
+    reads ``clip`` and the diffusion prior ``prior`` instead (None for the other stages).
     """
 
     stage: StageConfig = field(default_factory=StageConfig)
+    clip: ClipModelConfig | None = None
+    prior: PriorConfig | None = None
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     text_encoder: str | None = None

@@ -95,34 +95,35 @@ def train(task: TrainTask, config: TrainConfig, dist: DistInfo, out_dir: Path, m
     progress = tqdm(total=max_steps, initial=step, disable=not dist.is_main, desc=f"train {config.stage.name}", unit="step")
     batches = _batches(loader)
     started, start_step, last_loss, window = time.perf_counter(), step, float("nan"), []
-    while step < max_steps:
-        for _ in range(config.optim.grad_accumulation):
-            kwargs = task.inputs(next(batches), generator, dtype)
-            loss = engine(**kwargs).float().mean()
-            finite = all_ranks_agree(math.isfinite(loss.item()))
-            if not finite:
-                last = find_latest(checkpoints)
-                kept = f"; the last good checkpoint is {last}" if last else "; no checkpoint was written yet"
-                raise TrainingDiverged(f"loss is not finite at step {step + 1}: training stopped{kept}")
-            engine.backward(loss)
-            engine.step()
-            window.append(loss.item())
-        step += 1
-        ema.update(engine.module)
-        last_loss = window[-1]
-        progress.update(1)
-        progress.set_postfix(loss=f"{last_loss:.4f}")
-        if step % config.log_every == 0 or step == max_steps:
-            metrics.log(step, {"loss": sum(window) / len(window), "lr": engine.get_lr()[0],
-                               "samples_per_second": _rate(started, step - start_step, config, dist),
-                               "skipped": loader.stats.total})
-            window = []
-        if step % config.checkpoint_every == 0 or step == max_steps:
-            checkpoint_now()
-        if dist.is_main and (step % config.sample_every == 0 or step == max_steps):
-            _snapshot(task, engine.module, ema, step, out_dir)
-    progress.close()
-    metrics.close()
+    try:
+        while step < max_steps:
+            for _ in range(config.optim.grad_accumulation):
+                kwargs = task.inputs(next(batches), generator, dtype)
+                loss = engine(**kwargs).float().mean()
+                if not all_ranks_agree(math.isfinite(loss.item())):
+                    last = find_latest(checkpoints)
+                    kept = f"; the last good checkpoint is {last}" if last else "; no checkpoint was written yet"
+                    raise TrainingDiverged(f"loss is not finite at step {step + 1}: training stopped{kept}")
+                engine.backward(loss)
+                engine.step()
+                window.append(loss.item())
+            step += 1
+            ema.update(engine.module)
+            last_loss = window[-1]
+            progress.update(1)
+            progress.set_postfix(loss=f"{last_loss:.4f}")
+            if step % config.log_every == 0 or step == max_steps:
+                metrics.log(step, {"loss": sum(window) / len(window), "lr": engine.get_lr()[0],
+                                   "samples_per_second": _rate(started, step - start_step, config, dist),
+                                   "skipped": loader.stats.total})
+                window = []
+            if step % config.checkpoint_every == 0 or step == max_steps:
+                checkpoint_now()
+            if dist.is_main and (step % config.sample_every == 0 or step == max_steps):
+                _snapshot(task, engine.module, ema, step, out_dir)
+    finally:
+        progress.close()
+        metrics.close()
     return RunResult(step, last_loss, time.perf_counter() - started, loader.stats.as_dict())
 
 

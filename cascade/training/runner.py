@@ -66,6 +66,14 @@ def build_task(stage: str, config: TrainConfig):
         from cascade.training.diffusion_task import DiffusionTask
 
         return DiffusionTask(config)
+    if stage == "clip":
+        from cascade.training.clip_task import ClipTask
+
+        return ClipTask(config)
+    if stage == "prior":
+        from cascade.training.prior_task import PriorTask
+
+        return PriorTask(config)
     raise UserError(f"training stage {stage!r} is not available yet")
 
 
