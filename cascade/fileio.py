@@ -14,6 +14,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def fsync_and_replace(tmp: Path | str, final: Path | str) -> None:
     """Flush ``tmp`` to disk, then rename it to ``final`` (atomic within one filesystem)."""
     with open(tmp, "rb+") as handle:
@@ -29,6 +35,7 @@ def atomic_output(path: Path | str) -> Iterator[Path]:
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
     os.close(fd)
     tmp = Path(name)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
     try:
         yield tmp
         fsync_and_replace(tmp, path)
