@@ -29,6 +29,8 @@ def _frames(args: argparse.Namespace, cascade) -> int | None:
         if args.frames is not None or args.fps is not None or args.save_frames:
             raise UserError("--frames, --fps and --save-frames need --video")
         return None
+    if args.fps is not None and not 1 <= args.fps <= 120:
+        raise UserError(f"fps must be between 1 and 120, got {args.fps}")
     trained = cascade.video.config.frames
     frames = args.frames if args.frames is not None else cascade.config.defaults.frames
     if frames < 1:
@@ -63,7 +65,7 @@ def render_command(args: argparse.Namespace, default_cascade: Path) -> int:
     if frames is None:
         save_png(out, to_uint8(outputs[-1][0]), record)
     else:
-        fps = args.fps or cascade.config.defaults.fps
+        fps = args.fps if args.fps is not None else cascade.config.defaults.fps
         save_video(out, to_uint8(outputs[-1][0]), fps=fps)
         atomic_write_text(out.with_suffix(out.suffix + ".json"), json.dumps({**record, "frames": frames, "fps": fps}, indent=1))
         if args.save_frames:

@@ -66,3 +66,27 @@ def tiny_cascade(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "defaults: {sampler: dpmpp-2m, steps: [4, 3], guidance: [2.0, 1.0]}\n"
     )
     return release
+
+
+@pytest.fixture(scope="session")
+def tiny_video_cascade(tiny_cascade: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny cascade plus a 4-frame video stage trained jointly on clips and images, started from
+    the image base stage's weights."""
+    work = tmp_path_factory.mktemp("tiny-video")
+    clips = work / "clips"
+    run_command(CASCADE + ["data", "world", "--split", "train", "--size", "16", "--count", "16", "--clips",
+                           "--frames", "4", "--out", str(clips)], ROOT)
+    images = work / "images"
+    run_command(CASCADE + ["data", "world", "--split", "train", "--size", "16", "--count", "16", "--out", str(images)], ROOT)
+    release = work / "release"
+    shutil.copytree(tiny_cascade, release)
+    clip = release / "clip"
+    config = tiny_config(work / "video.yaml", "tiny-video16", clips, clip,
+                         extra=f"init_from: {release / 'base'}\n")
+    text = config.read_text().replace("  num_workers: 0\n", f"  num_workers: 0\n  image_shards: {images}\n  image_fraction: 0.5\n")
+    config.write_text(text)
+    run_command(TRAIN + ["--stage", "video64", "--config", str(config), "--out", str(work / "run"), "--max-steps", "3"], ROOT)
+    run_command(CASCADE + ["export", str(work / "run"), "--out", str(release / "video")], ROOT)
+    with open(release / "cascade.yaml", "a") as f:
+        f.write("video: video\n")
+    return release

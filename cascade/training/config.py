@@ -15,7 +15,10 @@ class DataConfig:
     """Where the training shards are and how they are read.
 
     ``shards``: a folder, glob or ``pipe:`` URL. With ``world_split`` set and the folder missing,
-    training first writes ``world_count`` shapes-world samples of ``world_size`` px there.
+    training first writes ``world_count`` shapes-world samples of ``world_size`` px there
+    (clips of ``world_frames`` frames with ``world_clips``). Video stages may also name
+    ``image_shards``: a fraction ``image_fraction`` of their batches are then still images
+    (joint image-video training), made from the world the same way if missing.
     """
 
     shards: str = "data/shapes/train-64"
@@ -29,7 +32,8 @@ class DataConfig:
     shuffle_buffer: int = 512
     crop: int | None = None
     blur_sigma: tuple[float, ...] | None = None
-    video_fraction: float = 0.0
+    image_shards: str | None = None
+    image_fraction: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     text_encoder: str | None = None
+    init_from: str | None = None
     text_max_length: int | None = None
     deepspeed: str = "configs/deepspeed/zero2_bf16.json"
     seed: int = 0

@@ -52,32 +52,57 @@ def text_conditioning(encoder: Any, captions: list[str], dtype: torch.dtype) -> 
     return Conditioning(text_tokens=emb.tokens.to(dtype), text_mask=emb.mask, pooled=emb.pooled.to(dtype))
 
 
+def initialise_from_release(stage: DiffusionStage, folder: Path) -> None:
+    """Start from a released stage's EMA weights; only layers the release lacks may stay new, and
+    they must be temporal layers (an image stage initialising its video variant: those start as identity)."""
+    from safetensors.torch import load_file
+
+    path = folder / "ema.safetensors"
+    if not path.is_file():
+        raise UserError(f"init_from: {folder} is not a release folder (no ema.safetensors)")
+    weights = load_file(str(path))
+    own = stage.state_dict()
+    unexpected = sorted(set(weights) - set(own))
+    new = sorted(set(own) - set(weights))
+    wrong = [k for k in weights if k in own and weights[k].shape != own[k].shape]
+    if unexpected or wrong or any("temporal" not in k for k in new):
+        bad = (unexpected or wrong or [k for k in new if "temporal" not in k])[0]
+        raise UserError(f"init_from: {folder} does not fit stage {stage.config.name!r} (e.g. {bad!r})")
+    stage.load_state_dict({k: v.to(own[k].dtype) for k, v in weights.items()}, strict=False)
+
+
 class DiffusionTask:
     """Trains a :class:`DiffusionStage` on shards of images (or clips) and their captions."""
 
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
         self.module = DiffusionStage(config.stage)
+        if config.init_from is not None:
+            initialise_from_release(self.module, resolve_path(config.init_from))
         self.encoder = load_frozen_text_encoder(config.text_encoder, config.text_max_length)
         check_text_dims(self.module, self.encoder)
         self._snapshot_batch: dict[str, Any] | None = None
 
     def make_loader(self, dist: DistInfo) -> Any:
+        """The shard loader; for video stages with ``image_shards``, mixed with still images."""
         from data_pipeline.degrade import StageSizes
         from data_pipeline.loader import make_loader
 
         s, d = self.config.stage, self.config.data
-        sizes = StageSizes(
-            size=s.resolution,
-            low_res=s.low_resolution,
-            crop=d.crop,
-            blur_sigma=tuple(d.blur_sigma) if d.blur_sigma else None,
-            frames=s.frames if s.frames > 1 else None,
-        )
-        return make_loader(
-            resolve_path(d.shards), batch_size=d.batch_size, stage=sizes, rank=dist.rank, world_size=dist.world_size,
-            num_workers=d.num_workers, seed=self.config.seed, shuffle_buffer=d.shuffle_buffer, drop_last=True,
-        )
+
+        def loader(shards: str, frames: int | None) -> Any:
+            sizes = StageSizes(size=s.resolution, low_res=s.low_resolution, crop=d.crop,
+                               blur_sigma=tuple(d.blur_sigma) if d.blur_sigma else None, frames=frames)
+            return make_loader(resolve_path(shards), batch_size=d.batch_size, stage=sizes, rank=dist.rank,
+                               world_size=dist.world_size, num_workers=d.num_workers, seed=self.config.seed,
+                               shuffle_buffer=d.shuffle_buffer, drop_last=True)
+
+        main = loader(d.shards, s.frames if s.frames > 1 else None)
+        if d.image_shards is None or d.image_fraction == 0.0:
+            return main
+        from data_pipeline.mixed import MixedLoader
+
+        return MixedLoader(main, loader(d.image_shards, None), d.image_fraction, self.config.seed)
 
     def inputs(self, batch: dict[str, Any], generator: torch.Generator, dtype: torch.dtype) -> dict[str, Any]:
         if self._snapshot_batch is None:

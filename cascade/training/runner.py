@@ -50,14 +50,19 @@ def load_train_config(stage: str, path: Path | None) -> TrainConfig:
 def ensure_world_shards(config: TrainConfig, dist: DistInfo) -> None:
     """Write the shapes-world training shards named by the config if they are missing (main rank)."""
     data = config.data
-    folder = resolve_path(data.shards)
-    has_shards = folder.is_dir() and any(folder.glob("*.tar"))
-    if dist.is_main and not has_shards and data.world_split is not None and "://" not in data.shards:
-        from data_pipeline.world_shards import write_world_shards
+    wanted = [(data.shards, data.world_clips)]
+    if data.image_shards is not None:
+        wanted.append((data.image_shards, False))
+    for shards, clips in wanted:
+        folder = resolve_path(shards)
+        has_shards = folder.is_dir() and any(folder.glob("*.tar"))
+        if dist.is_main and not has_shards and data.world_split is not None and "://" not in shards:
+            from data_pipeline.world_shards import write_world_shards
 
-        print(f"making {data.world_count} {data.world_split} samples of the shapes world in {folder}")
-        write_world_shards(folder, data.world_split, data.world_count, data.world_size,
-                           clips=data.world_clips, frames=data.world_frames, maxcount=500)
+            kind = f"{data.world_frames}-frame clips" if clips else "images"
+            print(f"making {data.world_count} {data.world_split} {kind} of the shapes world in {folder}")
+            write_world_shards(folder, data.world_split, data.world_count, data.world_size,
+                               clips=clips, frames=data.world_frames, maxcount=500)
     barrier()
 
 

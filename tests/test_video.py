@@ -1,0 +1,64 @@
+"""The video path: joint image-clip training from an image checkpoint, and ``cascade render --video``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import imageio.v3 as iio
+import pytest
+
+from conftest import CASCADE, ROOT, run_command
+
+
+def render_clip(release: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return run_command(CASCADE + ["render", "--video", "--prompt", "three glass spheres falling into the ocean at sunset",
+                                  "--checkpoint", str(release), "--out", str(out), *extra], ROOT)
+
+
+def gif_frames_and_milliseconds(path: Path) -> tuple[int, int]:
+    """Stored frames and total play time of a GIF (identical neighbours are stored once, longer)."""
+    from PIL import Image
+
+    image, frames, total = Image.open(path), 0, 0
+    while True:
+        frames += 1
+        total += image.info.get("duration", 0)
+        try:
+            image.seek(image.tell() + 1)
+        except EOFError:
+            return frames, total
+
+
+def test_render_a_gif_and_an_mp4(tiny_video_cascade: Path, tmp_path: Path) -> None:
+    render_clip(tiny_video_cascade, tmp_path / "a.gif", "--frames", "4", "--fps", "8", "--seed", "3", "--save-frames")
+    stored, milliseconds = gif_frames_and_milliseconds(tmp_path / "a.gif")
+    assert 1 <= stored <= 4 and milliseconds == 4 * 125
+    assert json.loads((tmp_path / "a.gif.json").read_text())["frames"] == 4
+    frames = [iio.imread(tmp_path / f"a-frame{i:02d}.png") for i in range(4)]
+    assert all(frame.shape == (32, 32, 3) for frame in frames)
+    render_clip(tiny_video_cascade, tmp_path / "b.gif", "--frames", "4", "--fps", "8", "--seed", "3")
+    assert (tmp_path / "b.gif").read_bytes() == (tmp_path / "a.gif").read_bytes()  # same seed, same clip
+    render_clip(tiny_video_cascade, tmp_path / "c.mp4", "--frames", "4", "--fps", "4")
+    import imageio.v2 as imageio2
+
+    with imageio2.get_reader(tmp_path / "c.mp4", "ffmpeg") as reader:
+        assert reader.count_frames() == 4
+        assert reader.get_meta_data()["codec"] == "h264"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--frames", "0", "--out", "x.gif"], "--frames must be at least 1"),
+        (["--frames", "99", "--out", "x.gif"], "more than this video stage can make"),
+        (["--out", "x.avi"], "unknown output extension '.avi'"),
+        (["--fps", "0", "--out", "x.gif"], "fps must be between 1 and 120"),
+    ],
+)
+def test_bad_video_requests(tiny_video_cascade: Path, tmp_path: Path, args: list[str], message: str) -> None:
+    result = subprocess.run(CASCADE + ["render", "--video", "--prompt", "a cube", "--checkpoint", str(tiny_video_cascade),
+                                       *args], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 2 and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
