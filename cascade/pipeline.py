@@ -128,6 +128,18 @@ class Cascade:
                 outputs.append(self._run_sr(index, text, outputs[-1], generators, settings, progress))
         return outputs
 
+    def refine(self, index: int, prompts: Sequence[str], low: torch.Tensor, seeds: Sequence[int],
+               settings: RenderSettings, *, progress: bool = False) -> torch.Tensor:
+        """Run super-resolution stage ``index`` (1 = the first after the base) on given low-res
+        images [B, 3, h, w] in [-1, 1]; returns [B, 3, H, W]."""
+        if not 1 <= index < len(self.stages):
+            raise UserError(f"this cascade has no super-resolution stage {index}")
+        generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+        embedding = self.encoder.encode(list(prompts))
+        text = Conditioning(text_tokens=embedding.tokens, text_mask=embedding.mask, pooled=embedding.pooled)
+        with torch.inference_mode(), compute_context():
+            return self._run_sr(index, text, low, generators, settings, progress)
+
     def _sample(self, stage: DiffusionStage, cond: Conditioning, noise: torch.Tensor, index: int,
                 settings: RenderSettings, generators: list[torch.Generator], progress: bool) -> torch.Tensor:
         steps = settings.steps[index]

@@ -17,7 +17,7 @@ from cascade import __version__
 from cascade.errors import UserError
 
 #: Subcommand modules, in the order ``cascade --help`` lists them.
-SUBCOMMANDS: tuple[str, ...] = ("render", "batch", "data", "export", "info")
+SUBCOMMANDS: tuple[str, ...] = ("render", "batch", "eval", "data", "export", "info")
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
