@@ -107,25 +107,27 @@ class DiffusionStage(nn.Module):
 
     # ------------------------------------------------------------------ conditioning
 
-    def upsampled_low_res(self, low_res: torch.Tensor) -> torch.Tensor:
-        """Low-res images [B, 3, h, w] (or clips [B, F, 3, h, w]) bilinearly resized to the output size."""
-        size = self.config.resolution
+    def upsampled_low_res(self, low_res: torch.Tensor, size: int | None = None) -> torch.Tensor:
+        """Low-res images [B, 3, h, w] (or clips [B, F, 3, h, w]) bilinearly resized to ``size``
+        (default: the stage's resolution; training on crops passes the crop's size)."""
+        size = size or self.config.resolution
         if low_res.ndim == 5:
             b, f = low_res.shape[:2]
-            return self.upsampled_low_res(low_res.flatten(0, 1)).reshape(b, f, 3, size, size)
+            return self.upsampled_low_res(low_res.flatten(0, 1), size).reshape(b, f, 3, size, size)
         if low_res.shape[-1] == size:
             return low_res
         return F.interpolate(low_res, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
 
     def augmented(
-        self, cond: Conditioning, aug_t: torch.Tensor, generator: Generators, noise: torch.Tensor | None = None
+        self, cond: Conditioning, aug_t: torch.Tensor, generator: Generators, noise: torch.Tensor | None = None,
+        size: int | None = None,
     ) -> Conditioning:
         """Noise conditioning augmentation (Ho et al. 2022, "Cascaded Diffusion Models", section 4.1):
         the upsampled low-res image is diffused to time ``aug_t`` [B] (with ``noise``, or noise drawn
         from ``generator``), and the network is told that time."""
         if cond.low_res is None:
             raise UserError(f"stage {self.config.name!r} refines an image: it needs the low-resolution input")
-        low = self.upsampled_low_res(cond.low_res)
+        low = self.upsampled_low_res(cond.low_res, size)
         if noise is None:
             noise = randn(low.shape, generator, dtype=low.dtype, device=low.device)
         noisy = q_sample(low, aug_t, self.schedule, noise.to(low.dtype))
@@ -151,7 +153,8 @@ class DiffusionStage(nn.Module):
         x_t = q_sample(x0, t, self.schedule, noise)
         cond = self._dropped(cond, batch, generator)
         if self.config.is_super_resolution:
-            cond = self.augmented(cond, self.random_times(batch, generator, self.config.max_train_aug), generator)
+            aug_t = self.random_times(batch, generator, self.config.max_train_aug)
+            cond = self.augmented(cond, aug_t, generator, size=x0.shape[-1])
         output = self.network(x_t, self.model_time(t).to(x0.device), cond)
         alpha, sigma = self.schedule.alpha_sigma(t)
         c = self.config

@@ -29,6 +29,23 @@ PRESETS: dict[str, StageConfig] = {
         unet=_tiny_unet(low_res_channels=3, noise_augmentation=True, attention_levels=(False, False)),
     ),
     "tiny-video16": StageConfig(name="video16", resolution=16, frames=4, unet=_tiny_unet(temporal=True)),
+    # ---------------------------------------------------------------- shapes world: trains on this CPU
+    # Super-resolution stages are convolutional (no attention) and not text-conditioned, as unCLIP's
+    # upsamplers (Ramesh et al. 2022, section 2.1), so they train on crops and run on whole images.
+    "shapes-sr256": StageConfig(
+        name="sr256", resolution=256, low_resolution=64, schedule=ScheduleConfig("shifted-cosine"),
+        max_train_aug=0.3, sample_aug=0.05,
+        unet=UNetConfig(base_channels=32, channel_mults=(1, 2, 4), res_blocks=(1, 2, 2),
+                        attention_levels=(False, False, False), head_dim=32, text_dim=None, pooled_dim=None,
+                        low_res_channels=3, noise_augmentation=True),
+    ),
+    "shapes-sr1024": StageConfig(
+        name="sr1024", resolution=1024, low_resolution=256, schedule=ScheduleConfig("shifted-cosine"),
+        max_train_aug=0.3, sample_aug=0.05,
+        unet=UNetConfig(base_channels=16, channel_mults=(1, 2, 4), res_blocks=(1, 1, 2),
+                        attention_levels=(False, False, False), head_dim=32, text_dim=None, pooled_dim=None,
+                        low_res_channels=3, noise_augmentation=True),
+    ),
     # ---------------------------------------------------------------- published sizes (configs only)
     # Imagen (Saharia et al. 2022, appendix F): 2B-parameter 64 px base, T5-XXL (4096-d) text.
     "imagen-base64": StageConfig(

@@ -122,21 +122,22 @@ class DiffusionTask:
         """Samples for the fixed prompts (base) or the first batch's low-res images (super-resolution)."""
         config = self.config
         generator = torch.Generator().manual_seed(0)
-        if config.stage.is_super_resolution:
+        size = config.stage.resolution
+        if config.stage.is_super_resolution:  # refine the first batch's low-res images (crops, if training on crops)
             if self._snapshot_batch is None:
                 return None
             captions = list(self._snapshot_batch["caption"])
+            size = self._snapshot_batch["image"].shape[-1]
             cond = text_conditioning(self.encoder, captions, torch.float32)
             low = self._snapshot_batch["low_res"].float()
             aug = torch.full((len(captions),), module.aug_time(config.stage.sample_aug), dtype=torch.float64)
-            cond = module.augmented(Conditioning(**{**cond.__dict__, "low_res": low}), aug, generator)
+            cond = module.augmented(Conditioning(**{**cond.__dict__, "low_res": low}), aug, generator, size=size)
         else:
             captions = list(config.sample_prompts)
             cond = text_conditioning(self.encoder, captions, torch.float32)
         shape = (len(captions), config.stage.frames, 3) if config.stage.frames > 1 else (len(captions), 3)
-        size = config.stage.resolution
         noise = torch.randn(*shape, size, size, generator=generator)
-        if "video_mask" in cond.__dataclass_fields__ and config.stage.frames > 1:
+        if config.stage.frames > 1:
             cond = Conditioning(**{**cond.__dict__, "video_mask": torch.ones(len(captions), dtype=torch.bool)})
         guidance = config.sample_guidance if self.encoder is not None else 1.0
         denoiser = module.denoiser(cond, guidance=guidance, threshold="dynamic")
@@ -147,6 +148,12 @@ class DiffusionTask:
             strip = np.stack([grid(list(frames[:, f])) for f in range(frames.shape[1])])
             path = out_dir / f"step-{step:08d}.gif"
             save_video(path, strip, fps=4)
+        elif config.stage.is_super_resolution:  # rows of: upsampled low-res | sample | truth
+            path = out_dir / f"step-{step:08d}.png"
+            low_up = to_uint8(module.upsampled_low_res(self._snapshot_batch["low_res"].float(), size))
+            truth = to_uint8(self._snapshot_batch["image"].float())
+            rows = [picture for triple in zip(low_up, to_uint8(images), truth) for picture in triple]
+            save_png(path, grid(rows, columns=3), {"prompts": " | ".join(captions)})
         else:
             path = out_dir / f"step-{step:08d}.png"
             save_png(path, grid(list(to_uint8(images))), {"prompts": " | ".join(captions)})
