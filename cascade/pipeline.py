@@ -95,10 +95,11 @@ class Cascade:
         """Settings with the release's defaults filled in; a single value applies to every stage."""
         d = self.config.defaults
         n = len(self.stages)
-        sampler = sampler or d.sampler
+        sampler = d.sampler if sampler is None else sampler
         get_sampler(sampler)
-        steps = _per_stage("steps", steps or d.steps, n)
-        guidance = tuple(check_guidance_scale(g) for g in _per_stage("guidance", guidance or d.guidance, n))
+        steps = _per_stage("steps", steps, n) if steps else _defaults("steps", d.steps, n)
+        guidance = _per_stage("guidance", guidance, n) if guidance else _defaults("guidance", d.guidance, n)
+        guidance = tuple(check_guidance_scale(g) for g in guidance)
         sr_aug = d.sr_aug if sr_aug is None else sr_aug
         if not 0.0 <= sr_aug <= 1.0:
             raise UserError(f"the noise augmentation level must be between 0 and 1, got {sr_aug}")
@@ -187,10 +188,20 @@ class Cascade:
         return self._sample(stage, cond, noise, index, settings, generators, progress)
 
 
-def _per_stage(name: str, values: Sequence, stages: int) -> tuple:
+def _defaults(name: str, values: Sequence, stages: int) -> tuple:
+    """A release's default values: one for all stages, or at least one per stage."""
     values = tuple(values)
     if len(values) == 1:
         return values * stages
     if len(values) < stages:
-        raise UserError(f"--{name} needs 1 or {stages} values (one per stage), got {len(values)}")
+        raise UserError(f"cascade.yaml: defaults.{name} needs 1 or {stages} values, got {len(values)}")
     return values[:stages]
+
+
+def _per_stage(name: str, values: Sequence, stages: int) -> tuple:
+    values = tuple(values)
+    if len(values) == 1:
+        return values * stages
+    if len(values) != stages:
+        raise UserError(f"--{name} needs 1 or {stages} values (one per stage), got {len(values)}")
+    return values

@@ -46,6 +46,10 @@ def render_command(args: argparse.Namespace, default_cascade: Path) -> int:
     from cascade.text import validate_prompts
 
     prompt = validate_prompts([args.prompt])[0]
+    if not 0 <= args.seed < 2**63:
+        raise UserError(f"--seed must be between 0 and 2**63 - 1, got {args.seed}")
+    if args.size is not None and args.size < 1:
+        raise UserError(f"--size must be a positive number of pixels, got {args.size}")
     out = _output_path(args)
     folder = args.checkpoint or default_cascade
     if args.checkpoint is None and not (folder / "cascade.yaml").is_file():

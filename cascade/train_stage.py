@@ -44,11 +44,13 @@ def run(args: argparse.Namespace) -> int:
     configure_environment()  # before anything imports deepspeed
     from cascade.errors import UserError
     from cascade.training.distributed import init_distributed, shutdown
+    from cascade.training.engine import deepspeed_config
     from cascade.training.runner import load_train_config, run_training
 
     if args.max_steps is not None and args.max_steps < 1:
         raise UserError(f"--max-steps must be >= 1, got {args.max_steps}")
     config = load_train_config(args.stage, args.config)
+    deepspeed_config(config)  # check the engine settings before starting processes talking to each other
     out = args.out or Path("runs") / args.stage
     dist = init_distributed()
     try:
@@ -69,6 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         return run(args)
     except UserError as error:
         print(f"train_stage.py: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        from cascade.cli import describe_os_error
+
+        print(f"train_stage.py: error: {describe_os_error(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("train_stage.py: interrupted (the last complete checkpoint is kept)", file=sys.stderr)

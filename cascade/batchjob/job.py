@@ -97,6 +97,8 @@ def run_job(request: JobRequest) -> JobSummary:
     started = time.perf_counter()
     if request.per_prompt < 1 or request.batch_size < 1:
         raise UserError(f"--per-prompt and --batch-size must be >= 1, got {request.per_prompt} and {request.batch_size}")
+    if not 0 <= request.seed < 2**63:
+        raise UserError(f"--seed must be between 0 and 2**63 - 1, got {request.seed}")
     if request.format not in ("png", "webdataset"):
         raise UserError(f"unknown format {request.format!r} (choose from: png, webdataset)")
     items, rejected = read_prompt_file(request.prompts)

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cascade.errors import UserError
+from cascade.text.prompts import MAX_PROMPT_CHARS
 
 FIELDS = ("id", "prompt", "seed", "size", "guidance")
-MAX_PROMPT_CHARS = 10_000
 MAX_ID_CHARS = 200
 
 

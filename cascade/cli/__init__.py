@@ -27,6 +27,12 @@ class OneLineErrorParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def describe_os_error(error: OSError) -> str:
+    """``[Errno 28] No space left on device: 'out/x.png'`` as one line."""
+    where = f": {error.filename!r}" if error.filename else ""
+    return f"{error.strerror or type(error).__name__}{where}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(
         prog="cascade",
@@ -47,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except UserError as error:
         print(f"cascade {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a full disk, an unwritable folder: the machine's problem, said in one line
+        print(f"cascade {args.command}: error: {describe_os_error(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"cascade {args.command}: interrupted", file=sys.stderr)

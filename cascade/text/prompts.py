@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from cascade.errors import UserError
 
 _PREVIEW = 40
+#: No encoder reads more than this; a longer "prompt" is a mistake (a file pasted in), not a prompt.
+MAX_PROMPT_CHARS = 10_000
 
 
 class TruncationWarning(UserWarning):
@@ -51,6 +53,8 @@ def validate_prompt(prompt: object, where: str) -> str:
         ) from None
     if not prompt.strip():
         raise UserError(f"{where} is empty" + (" (whitespace only)" if prompt else ""))
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise UserError(f"{where} is {len(prompt)} characters long; at most {MAX_PROMPT_CHARS} are allowed")
     return prompt
 
 

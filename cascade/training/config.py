@@ -35,6 +35,15 @@ class DataConfig:
     image_shards: str | None = None
     image_fraction: float = 0.0
 
+    def __post_init__(self) -> None:
+        for name in ("world_count", "world_size", "world_frames", "batch_size", "shuffle_buffer"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_workers < 0 or (self.crop is not None and self.crop < 8):
+            raise ValueError(f"num_workers must be >= 0 and crop >= 8, got {self.num_workers} and {self.crop}")
+        if not 0.0 <= self.image_fraction <= 1.0:
+            raise ValueError(f"image_fraction must be between 0 and 1, got {self.image_fraction}")
+
 
 @dataclass(frozen=True)
 class OptimConfig:
@@ -45,6 +54,14 @@ class OptimConfig:
     warmup_steps: int = 200
     grad_clip: float = 1.0
     grad_accumulation: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0 or self.weight_decay < 0 or not self.eps > 0 or self.grad_clip < 0:
+            raise ValueError("lr and eps must be > 0, weight_decay and grad_clip >= 0")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {list(self.betas)}")
+        if self.warmup_steps < 0 or self.grad_accumulation < 1:
+            raise ValueError("warmup_steps must be >= 0 and grad_accumulation >= 1")
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,11 @@ import torch
 
 
 def configure_environment() -> None:
-    """Defaults for a single plain-``python`` process, the CPU accelerator, and thread counts."""
+    """Defaults for a single plain-``python`` process, the CPU accelerator, thread counts, and quiet
+    library loggers (DeepSpeed and torch's extension builder log routine notices as warnings)."""
+    import logging
+
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     os.environ.setdefault("RANK", "0")
@@ -50,9 +54,12 @@ class DistInfo:
 def init_distributed() -> DistInfo:
     """Initialise torch.distributed through DeepSpeed (gloo on CPU, nccl on GPU)."""
     configure_environment()
+    import logging
+
     import deepspeed
     import torch.distributed as dist
 
+    deepspeed.utils.logger.setLevel(logging.ERROR)
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", verbose=False)
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
