@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from cascade.fileio import atomic_write_text
 
 
 class MetricsLog:
@@ -30,11 +31,16 @@ class MetricsLog:
             self._tb = None
 
     def _truncate_after(self, step: int) -> None:
-        """Drop rows logged after ``step`` by a run that did not reach its next checkpoint."""
-        rows = [line for line in self.path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(row + "\n" for row in rows))
-        os.replace(tmp, self.path)
+        """Drop rows logged after ``step`` by a run that did not reach its next checkpoint (and a row
+        torn by a kill)."""
+        rows = []
+        for line in self.path.read_text(errors="replace").splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    rows.append(line)
+            except (json.JSONDecodeError, AttributeError):
+                continue
+        atomic_write_text(self.path, "".join(row + "\n" for row in rows))
 
     def log(self, step: int, values: dict[str, Any]) -> None:
         if not self.enabled:
