@@ -117,17 +117,21 @@ class Cascade:
         if len(prompts) != len(seeds):
             raise ValueError("one seed per prompt")
         generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
-        embedding = self.encoder.encode(list(prompts))
-        text = Conditioning(text_tokens=embedding.tokens, text_mask=embedding.mask, pooled=embedding.pooled)
+        text = self.encode_text(prompts)
         outputs: list[torch.Tensor] = []
         with torch.inference_mode(), compute_context():
             first = self.video if frames is not None else self.stages[0]
             if first is None:
                 raise UserError("this cascade has no video stage")
-            outputs.append(self._run_base(first, text, generators, settings, frames, progress))
+            outputs.append(self.run_base(first, text, generators, settings, frames, progress))
             for index in range(1, count):
-                outputs.append(self._run_sr(index, text, outputs[-1], generators, settings, progress))
+                outputs.append(self.run_super_resolution(index, text, outputs[-1], generators, settings, progress))
         return outputs
+
+    def encode_text(self, prompts: Sequence[str]) -> Conditioning:
+        """The text conditioning of ``prompts``: tokens [B, L, D], mask [B, L], pooled [B, D]."""
+        embedding = self.encoder.encode(list(prompts))
+        return Conditioning(text_tokens=embedding.tokens, text_mask=embedding.mask, pooled=embedding.pooled)
 
     def refine(self, index: int, prompts: Sequence[str], low: torch.Tensor, seeds: Sequence[int],
                settings: RenderSettings, *, progress: bool = False) -> torch.Tensor:
@@ -136,10 +140,9 @@ class Cascade:
         if not 1 <= index < len(self.stages):
             raise UserError(f"this cascade has no super-resolution stage {index}")
         generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
-        embedding = self.encoder.encode(list(prompts))
-        text = Conditioning(text_tokens=embedding.tokens, text_mask=embedding.mask, pooled=embedding.pooled)
+        text = self.encode_text(prompts)
         with torch.inference_mode(), compute_context():
-            return self._run_sr(index, text, low, generators, settings, progress)
+            return self.run_super_resolution(index, text, low, generators, settings, progress)
 
     def _sample(self, stage: DiffusionStage, cond: Conditioning, noise: torch.Tensor, index: int,
                 settings: RenderSettings, generators: list[torch.Generator], progress: bool) -> torch.Tensor:
@@ -154,8 +157,9 @@ class Cascade:
         bar.close()
         return out.float().clamp(-1, 1)
 
-    def _run_base(self, stage: DiffusionStage, text: Conditioning, generators: list[torch.Generator],
-                  settings: RenderSettings, frames: int | None, progress: bool) -> torch.Tensor:
+    def run_base(self, stage: DiffusionStage, text: Conditioning, generators: list[torch.Generator],
+                 settings: RenderSettings, frames: int | None, progress: bool) -> torch.Tensor:
+        """The first stage (image or video): [B, 3, H, W] or [B, F, 3, H, W] in [-1, 1]."""
         size = stage.config.resolution
         if frames is None:
             noise = randn((len(generators), 3, size, size), generators)
@@ -164,8 +168,8 @@ class Cascade:
         cond = replace(text, video_mask=torch.ones(len(generators), dtype=torch.bool))
         return self._sample(stage, cond, noise, 0, settings, generators, progress)
 
-    def _run_sr(self, index: int, text: Conditioning, low: torch.Tensor, generators: list[torch.Generator],
-                settings: RenderSettings, progress: bool) -> torch.Tensor:
+    def run_super_resolution(self, index: int, text: Conditioning, low: torch.Tensor,
+                             generators: list[torch.Generator], settings: RenderSettings, progress: bool) -> torch.Tensor:
         """One super-resolution stage; clips are refined frame by frame with the noise shared across
         a clip's frames, which keeps the static background from flickering."""
         stage = self.stages[index]

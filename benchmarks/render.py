@@ -1,0 +1,102 @@
+"""Time and peak memory per stage of a full render (base -> 256 -> 1024) and of an 8-frame clip.
+
+    .venv/bin/python benchmarks/render.py [--checkpoint weights/shapes] [--frames 8] [--repeats 2]
+
+Peak memory is the process's resident-set high-water mark (VmHWM), reset before each stage
+through /proc/self/clear_refs, so each stage's figure is the most memory the process held while
+that stage ran. Prints a table and writes benchmarks/results/render.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, machine, print_table, write_json  # noqa: E402
+
+PROMPT = "three glass spheres falling into the ocean at sunset"
+
+
+def reset_peak_rss() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def timed_stages(cascade, settings, frames: int | None) -> list[dict]:
+    """Run the cascade stage by stage on one prompt, timing each stage and its peak memory."""
+    from cascade.pipeline import compute_context
+
+    generators = [torch.Generator().manual_seed(0)]
+    rows = []
+    start = time.perf_counter()
+    reset_peak_rss()
+    text = cascade.encode_text([PROMPT])
+    rows.append({"stage": "text encoder", "size": "-", "steps": "-", "seconds": time.perf_counter() - start,
+                 "peak_mib": peak_rss_mib()})
+    with torch.inference_mode(), compute_context():
+        first = cascade.video if frames else cascade.stages[0]
+        reset_peak_rss()
+        start = time.perf_counter()
+        image = cascade.run_base(first, text, generators, settings, frames, progress=False)
+        rows.append({"stage": first.config.name, "size": first.config.resolution, "steps": settings.steps[0],
+                     "seconds": time.perf_counter() - start, "peak_mib": peak_rss_mib()})
+        for index in range(1, len(cascade.stages)):
+            if frames and cascade.stages[index].config.resolution > 256:
+                break  # clips stop at 256 px
+            reset_peak_rss()
+            start = time.perf_counter()
+            image = cascade.run_super_resolution(index, text, image, generators, settings, progress=False)
+            stage = cascade.stages[index]
+            rows.append({"stage": stage.config.name, "size": stage.config.resolution, "steps": settings.steps[index],
+                         "seconds": time.perf_counter() - start, "peak_mib": peak_rss_mib()})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", type=Path, default=Path(__file__).resolve().parents[1] / "weights" / "shapes")
+    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each; the fastest is reported")
+    parser.add_argument("--out", type=Path, default=RESULTS / "render.json")
+    args = parser.parse_args()
+
+    from cascade.cascade_config import load_cascade_config
+    from cascade.pipeline import Cascade
+
+    has_video = load_cascade_config(args.checkpoint).video is not None
+    load_start = time.perf_counter()
+    cascade = Cascade.load(args.checkpoint, video=has_video)
+    load_seconds = time.perf_counter() - load_start
+    settings = cascade.settings()
+    report = {"checkpoint": str(args.checkpoint), "load_seconds": load_seconds, "machine": machine()}
+    for name, frames in (("image", None), ("clip", args.frames))[: 2 if has_video else 1]:
+        runs = [timed_stages(cascade, settings, frames) for _ in range(args.repeats)]
+        best = min(runs, key=lambda rows: sum(r["seconds"] for r in rows))
+        total = sum(r["seconds"] for r in best)
+        print(f"\n{name}{'' if frames is None else f' ({frames} frames)'}: {total:.1f} s in all, "
+              f"peak {max(r['peak_mib'] for r in best):.0f} MiB")
+        print_table(["stage", "size", "steps", "seconds", "peak MiB"],
+                    [[r["stage"], r["size"], r["steps"], round(r["seconds"], 2), round(r["peak_mib"])] for r in best])
+        report[name] = {"stages": best, "total_seconds": total, "peak_mib": max(r["peak_mib"] for r in best)}
+    write_json(args.out, report)
+    print(f"\nwrote {args.out} (loading the cascade took {load_seconds:.1f} s)")
+
+
+if __name__ == "__main__":
+    main()
