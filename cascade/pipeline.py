@@ -169,17 +169,22 @@ class Cascade:
         return self._sample(stage, cond, noise, 0, settings, generators, progress)
 
     def run_super_resolution(self, index: int, text: Conditioning, low: torch.Tensor,
-                             generators: list[torch.Generator], settings: RenderSettings, progress: bool) -> torch.Tensor:
-        """One super-resolution stage; clips are refined frame by frame with the noise shared across
-        a clip's frames, which keeps the static background from flickering."""
+                             generators: list[torch.Generator], settings: RenderSettings, progress: bool,
+                             shared_noise: bool = True) -> torch.Tensor:
+        """One super-resolution stage. Clips are refined frame by frame; with ``shared_noise`` every
+        frame of a clip starts from the same noise (and the same augmentation noise), which keeps the
+        static background from flickering (benchmarks/flicker.py measures it against fresh noise per frame)."""
         stage = self.stages[index]
         size = stage.config.resolution
         batch = len(generators)
         aug = torch.full((batch,), stage.aug_time(settings.sr_aug), dtype=torch.float64)
         if low.ndim == 5:
             frames = low.shape[1]
-            noise = randn((batch, 3, size, size), generators).repeat_interleave(frames, dim=0)
-            aug_noise = randn((batch, 3, size, size), generators).repeat_interleave(frames, dim=0)
+            draws = 1 if shared_noise else frames
+            noise = randn((batch, draws, 3, size, size), generators).flatten(0, 1)
+            aug_noise = randn((batch, draws, 3, size, size), generators).flatten(0, 1)
+            if shared_noise:
+                noise, aug_noise = noise.repeat_interleave(frames, dim=0), aug_noise.repeat_interleave(frames, dim=0)
             per_frame = Conditioning(**{k: (v.repeat_interleave(frames, dim=0) if v is not None else None)
                                         for k, v in text.__dict__.items()})
             cond = stage.augmented(replace(per_frame, low_res=low.flatten(0, 1)), aug.repeat_interleave(frames),
