@@ -1,0 +1,73 @@
+"""All-correct rate of the base stage against steps, for each sampler, on world prompts.
+
+    .venv/bin/python benchmarks/samplers_quality.py [--checkpoint weights/shapes] [--n 200] [--split eval]
+
+Each point renders N fully specified world captions at 64 px with one sampler and step count and
+reads them back with the world reader (as `cascade eval` does). Prints a table and writes
+benchmarks/results/samplers_quality.json and .png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, machine, print_table, write_json  # noqa: E402
+
+GRID = {"ddpm": (50, 100, 250), "ddim": (10, 20, 50), "dpmpp-2m": (10, 20, 50), "euler": (20, 50), "heun": (10, 25)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", type=Path, default=Path(__file__).resolve().parents[1] / "weights" / "shapes")
+    parser.add_argument("--n", type=int, default=200)
+    parser.add_argument("--split", default="eval")
+    parser.add_argument("--out", type=Path, default=RESULTS / "samplers_quality.json")
+    args = parser.parse_args()
+
+    from cascade.evaluation.cascade_eval import EvalRequest, accuracy_table, render_world_prompts, score_renders
+    from cascade.pipeline import Cascade
+
+    cascade = Cascade.load(args.checkpoint, size=None)
+    base = EvalRequest(checkpoint=args.checkpoint, split=args.split, n=args.n, size=cascade.sizes[0], progress=False)
+    rows, points = [], []
+    for sampler, step_counts in GRID.items():
+        for steps in step_counts:
+            request = replace(base, sampler=sampler, steps=(steps,))
+            scenes, _, renders, _ = render_world_prompts(request, cascade)
+            table = accuracy_table(score_renders(scenes, renders, video=False))
+            points.append({"sampler": sampler, "steps": steps, "all_correct": table["all"]["accuracy"], "accuracy": table})
+            rows.append([sampler, steps, round(100 * table["all"]["accuracy"], 1)])
+            print(f"{sampler} {steps}: all-correct {100 * table['all']['accuracy']:.1f}%", flush=True)
+    print_table(["sampler", "steps", "all-correct %"], rows)
+    by = {(p["sampler"], p["steps"]): p["all_correct"] for p in points}
+    if ("dpmpp-2m", 20) in by and ("ddpm", 250) in by:
+        gap = 100 * (by[("ddpm", 250)] - by[("dpmpp-2m", 20)])
+        print(f"DPM-Solver++ at 20 steps is {gap:+.1f} points from DDPM at 250 (negative: better)")
+    write_json(args.out, {"split": args.split, "n": args.n, "points": points, "checkpoint": str(args.checkpoint),
+                          "machine": machine()})
+    plot(points, args.out.with_suffix(".png"))
+
+
+def plot(points: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for sampler in GRID:
+        xs = [(p["steps"], 100 * p["all_correct"]) for p in points if p["sampler"] == sampler]
+        ax.plot(*zip(*xs), marker="o", label=sampler)
+    ax.set(xscale="log", xlabel="steps (base stage)", ylabel="all-correct %", title="Base stage: samplers and steps")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
