@@ -30,6 +30,19 @@ PRESETS: dict[str, StageConfig] = {
     ),
     "tiny-video16": StageConfig(name="video16", resolution=16, frames=4, unet=_tiny_unet(temporal=True)),
     # ---------------------------------------------------------------- shapes world: trains on this CPU
+    # Base: 13.6M parameters, 7.6 GFLOP per 64 px image; one block at full resolution, attention with
+    # the world CLIP's text tokens at 16 and 8 px (Imagen's Efficient U-Net: capacity at low resolution).
+    "shapes-base64": StageConfig(
+        name="base64", resolution=64,
+        unet=UNetConfig(base_channels=48, channel_mults=(1, 2, 3, 4), res_blocks=(1, 2, 2, 2),
+                        attention_levels=(False, False, True, True), head_dim=48, **SHAPES_TEXT),
+    ),
+    # The same U-Net with temporal layers (16.2M parameters, 69 GFLOP per 8-frame clip).
+    "shapes-video64": StageConfig(
+        name="video64", resolution=64, frames=8,
+        unet=UNetConfig(base_channels=48, channel_mults=(1, 2, 3, 4), res_blocks=(1, 2, 2, 2),
+                        attention_levels=(False, False, True, True), head_dim=48, temporal=True, **SHAPES_TEXT),
+    ),
     # Super-resolution stages are convolutional (no attention) and not text-conditioned, as unCLIP's
     # upsamplers (Ramesh et al. 2022, section 2.1), so they train on crops and run on whole images.
     "shapes-sr256": StageConfig(
