@@ -30,6 +30,8 @@ class RenderDefaults:
     threshold: str | None = "dynamic"
     frames: int = 8
     fps: int = 8
+    prior_steps: int = 16
+    prior_guidance: float = 2.0
 
 
 @dataclass(frozen=True)

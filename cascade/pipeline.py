@@ -34,6 +34,8 @@ class RenderSettings:
     guidance: tuple[float, ...]
     sr_aug: float
     threshold: str | None
+    prior_steps: int = 16
+    prior_guidance: float = 2.0
 
 
 def compute_context() -> object:
@@ -50,9 +52,9 @@ class Cascade:
     """A loaded cascade release. Build it with :meth:`load`."""
 
     def __init__(self, folder: Path, config: CascadeConfig, encoder: object, stages: list[DiffusionStage],
-                 video: DiffusionStage | None) -> None:
+                 video: DiffusionStage | None, prior: object | None = None) -> None:
         self.folder, self.config, self.encoder = folder, config, encoder
-        self.stages, self.video = stages, video
+        self.stages, self.video, self.prior = stages, video, prior
 
     @classmethod
     def load(cls, folder: Path, *, size: int | None = None, video: bool = False) -> "Cascade":
@@ -61,8 +63,13 @@ class Cascade:
 
         folder = Path(folder)
         config = load_cascade_config(folder)
-        if config.prior is not None:
-            raise UserError("this cascade uses a prior (unCLIP path), which this version cannot render yet")
+        prior = None
+        if config.prior is not None:  # the unCLIP path: text -> prior -> CLIP image embedding -> decoder
+            from cascade.training.prior_task import load_prior
+
+            if not (folder / config.prior).is_dir():
+                raise UserError(f"the prior folder {folder / config.prior} named in cascade.yaml does not exist")
+            prior = load_prior(folder / config.prior)[0]
         base = load_stage(folder / config.base)
         stages = [base]
         for name in config.super_resolution:
@@ -76,7 +83,7 @@ class Cascade:
             video_stage = load_stage(folder / config.video)
         spec = resolve_encoder_spec(config.text_encoder, folder)
         encoder = CachedTextEncoder(load_text_encoder(spec, max_length=config.text_max_length), max_items=4096)
-        return cls(folder, config, encoder, stages, video_stage)
+        return cls(folder, config, encoder, stages, video_stage, prior)
 
     # ------------------------------------------------------------------ settings
 
@@ -105,7 +112,10 @@ class Cascade:
             raise UserError(f"the noise augmentation level must be between 0 and 1, got {sr_aug}")
         for stage, count in zip(self.stages, steps):
             stage.schedule.validate_steps(count)
-        return RenderSettings(sampler, tuple(steps), guidance, sr_aug, d.threshold)
+        if self.prior is not None:
+            self.prior.schedule.validate_steps(d.prior_steps)
+        return RenderSettings(sampler, tuple(steps), guidance, sr_aug, d.threshold, d.prior_steps,
+                              check_guidance_scale(d.prior_guidance))
 
     # ------------------------------------------------------------------ rendering
 
@@ -120,6 +130,8 @@ class Cascade:
         text = self.encode_text(prompts)
         outputs: list[torch.Tensor] = []
         with torch.inference_mode(), compute_context():
+            if self.prior is not None:
+                text = replace(text, image_embed=self.image_embedding(text, generators, settings))
             first = self.video if frames is not None else self.stages[0]
             if first is None:
                 raise UserError("this cascade has no video stage")
@@ -132,6 +144,15 @@ class Cascade:
         """The text conditioning of ``prompts``: tokens [B, L, D], mask [B, L], pooled [B, D]."""
         embedding = self.encoder.encode(list(prompts))
         return Conditioning(text_tokens=embedding.tokens, text_mask=embedding.mask, pooled=embedding.pooled)
+
+    def image_embedding(self, text: Conditioning, generators: list[torch.Generator],
+                        settings: RenderSettings) -> torch.Tensor:
+        """unCLIP: the prior's CLIP image embeddings [B, E] (unit norm) for the text, one generator per sample."""
+        prior = self.prior
+        noise = randn((len(generators), prior.config.embed_dim), generators)
+        denoiser = prior.denoiser(text, guidance=settings.prior_guidance)
+        z0 = sample("ddim", denoiser, noise, prior.schedule, settings.prior_steps)
+        return prior.from_diffusion(z0)
 
     def refine(self, index: int, prompts: Sequence[str], low: torch.Tensor, seeds: Sequence[int],
                settings: RenderSettings, *, progress: bool = False) -> torch.Tensor:

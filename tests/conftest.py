@@ -90,3 +90,32 @@ def tiny_video_cascade(tiny_cascade: Path, tmp_path_factory: pytest.TempPathFact
     with open(release / "cascade.yaml", "a") as f:
         f.write("video: video\n")
     return release
+
+
+@pytest.fixture(scope="session")
+def tiny_unclip_cascade(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The unCLIP path in miniature: a prior and a decoder conditioned on its CLIP image embeddings."""
+    from cascade.text.testing import build_tiny_open_clip
+
+    work = tmp_path_factory.mktemp("tiny-unclip")
+    shards = work / "shards"  # 64 px: the prior embeds images at the CLIP's input size
+    run_command(CASCADE + ["data", "world", "--split", "train", "--size", "64", "--count", "16", "--out", str(shards)], ROOT)
+    clip = build_tiny_open_clip(work / "clip")  # text width 32, context 16, embeddings 16
+    release = work / "release"
+    prior = work / "prior.yaml"
+    prior.write_text(
+        "stage: {name: prior}\nprior: {embed_dim: 16, text_dim: 32, text_length: 16, width: 32, layers: 1, heads: 2}\n"
+        + tiny_config(work / "unused.yaml", "tiny-base16", shards, clip).read_text().split("\n", 1)[1]
+    )
+    run_command(TRAIN + ["--stage", "prior", "--config", str(prior), "--out", str(work / "run-prior"), "--max-steps", "3"], ROOT)
+    run_command([sys.executable, "-m", "cascade.training.prior_task", "--run", str(work / "run-prior"),
+                 "--out", str(release / "prior")], ROOT)
+    decoder = tiny_config(work / "decoder.yaml", "tiny-base16", shards, clip, extra="stage: {unet: {image_embed_dim: 16}}\n")
+    run_command(TRAIN + ["--stage", "base", "--config", str(decoder), "--out", str(work / "run-decoder"), "--max-steps", "3"], ROOT)
+    run_command(CASCADE + ["export", str(work / "run-decoder"), "--out", str(release / "decoder")], ROOT)
+    shutil.copytree(clip, release / "clip")
+    (release / "cascade.yaml").write_text(
+        "text_encoder: clip:local-dir:clip\nprior: prior\nbase: decoder\n"
+        "defaults: {sampler: ddim, steps: [4], guidance: [2.0], prior_steps: 4, prior_guidance: 1.5}\n"
+    )
+    return release

@@ -32,6 +32,21 @@ def load_frozen_text_encoder(spec: str | None, max_length: int | None) -> Any:
     return CachedTextEncoder(load_text_encoder(spec, max_length=max_length), max_items=50_000)
 
 
+def load_decoder_image_encoder(stage: DiffusionStage, text_encoder: str | None) -> Any:
+    """For an unCLIP decoder (``unet.image_embed_dim``), the image tower of the same CLIP as its text
+    encoder: training conditions on the CLIP embedding of each training image (Ramesh et al. 2022)."""
+    dim = stage.config.unet.image_embed_dim
+    if dim is None:
+        return None
+    from cascade.clip_image import load_clip_image_encoder
+    from cascade.training.prior_task import clip_folder_of
+
+    encoder = load_clip_image_encoder(clip_folder_of(text_encoder))
+    if encoder.embed_dim != dim:
+        raise UserError(f"unet.image_embed_dim is {dim} but the CLIP image tower gives {encoder.embed_dim}")
+    return encoder
+
+
 def check_text_dims(stage: DiffusionStage, encoder: Any) -> None:
     unet = stage.config.unet
     if encoder is None:
@@ -81,6 +96,7 @@ class DiffusionTask:
             initialise_from_release(self.module, resolve_path(config.init_from))
         self.encoder = load_frozen_text_encoder(config.text_encoder, config.text_max_length)
         check_text_dims(self.module, self.encoder)
+        self.image_encoder = load_decoder_image_encoder(self.module, config.text_encoder)
         self._snapshot_batch: dict[str, Any] | None = None
 
     def make_loader(self, dist: DistInfo) -> Any:
@@ -110,6 +126,9 @@ class DiffusionTask:
         video = "frames" in batch
         x0 = (batch["frames"] if video else batch["image"]).to(dtype)
         cond = text_conditioning(self.encoder, list(batch["caption"]), dtype)
+        if self.image_encoder is not None:  # unCLIP: the CLIP embedding of the image itself (of a clip's first frame)
+            still = batch["frames"][:, 0] if video else batch["image"]
+            cond = Conditioning(**{**cond.__dict__, "image_embed": self.image_encoder.encode(still).to(dtype)})
         if self.config.stage.is_super_resolution:
             cond = Conditioning(**{**cond.__dict__, "low_res": batch["low_res"].to(dtype)})
         if video:
@@ -132,6 +151,13 @@ class DiffusionTask:
             low = self._snapshot_batch["low_res"].float()
             aug = torch.full((len(captions),), module.aug_time(config.stage.sample_aug), dtype=torch.float64)
             cond = module.augmented(Conditioning(**{**cond.__dict__, "low_res": low}), aug, generator, size=size)
+        elif self.image_encoder is not None:  # an unCLIP decoder: reconstruct the first batch from its embeddings
+            if self._snapshot_batch is None:
+                return None
+            captions = list(self._snapshot_batch["caption"])
+            still = self._snapshot_batch["frames"][:, 0] if "frames" in self._snapshot_batch else self._snapshot_batch["image"]
+            cond = text_conditioning(self.encoder, captions, torch.float32)
+            cond = Conditioning(**{**cond.__dict__, "image_embed": self.image_encoder.encode(still.float())})
         else:
             captions = list(config.sample_prompts)
             cond = text_conditioning(self.encoder, captions, torch.float32)
