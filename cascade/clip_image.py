@@ -37,7 +37,7 @@ class ClipImageEncoder:
         proj = getattr(self.visual, "proj", None)
         if isinstance(proj, torch.Tensor):
             return int(proj.shape[1])
-        return int(getattr(self.visual, "output_dim"))
+        return int(self.visual.output_dim)
 
     @property
     def dtype(self) -> torch.dtype:

@@ -44,6 +44,9 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         options = get_args(tp)
         if value is None and type(None) in options:
             return None
+        sections = [o for o in options if dataclasses.is_dataclass(o)]
+        if isinstance(value, dict) and len(sections) == 1:  # an optional section: report what is wrong inside it
+            return _convert(value, sections[0], where)
         for option in options:
             if option is type(None):
                 continue

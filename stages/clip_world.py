@@ -42,8 +42,10 @@ class ClipModelConfig:
     (33 tokens for the longest clip caption, 30 for images). The text vocabulary is open_clip's
     BPE (49,408 rows); only the world's ~100 words are ever trained.
 
-    ``recaption_prob`` is a training option: the probability that a shapes-world sample's
-    caption is replaced by a fresh caption of its scene (see :mod:`cascade.training.world_captions`).
+    Training options (see :mod:`cascade.training.world_captions`): ``recaption_prob``, the
+    probability that a shapes-world sample's caption is replaced by a fresh caption of its scene;
+    ``hard_negative_weight``, the weight of the hard-negative term of :class:`ClipContrastive`
+    (0: plain CLIP loss).
     """
 
     embed_dim: int = 192
@@ -59,6 +61,7 @@ class ClipModelConfig:
     vocab_size: int = 49408
     init_logit_scale: float = math.log(1 / 0.07)
     recaption_prob: float = 0.0
+    hard_negative_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.image_size % self.patch_size:
@@ -69,6 +72,8 @@ class ClipModelConfig:
             raise ValueError(f"context_length must be >= 8, got {self.context_length}")
         if not 0.0 <= self.recaption_prob <= 1.0:
             raise ValueError(f"recaption_prob must be between 0 and 1, got {self.recaption_prob}")
+        if self.hard_negative_weight < 0:
+            raise ValueError(f"hard_negative_weight must be >= 0, got {self.hard_negative_weight}")
 
     def model_cfg(self) -> dict[str, Any]:
         """The open_clip ``model_cfg`` dict: ``open_clip.CLIP(**cfg)`` builds the model."""
@@ -107,9 +112,10 @@ def clip_tokenizer(context_length: int) -> Any:
 def math_attention_on_cpu(device: torch.device) -> contextlib.AbstractContextManager:
     """The MATH kernel of ``scaled_dot_product_attention`` on the CPU (no change elsewhere).
 
-    Measured here (torch 2.14.1, bf16, 2 threads, sequences of 40-65 tokens): the CPU flash
+    Measured here (torch 2.14.1, bf16, 1 thread, sequences of 40-65 tokens): the CPU flash
     kernel's backward takes ~75 ms per call against ~7 ms forward, and a CLIP training step is
-    ~1.8x faster with the MATH kernel, whose backward is plain bf16 matrix products.
+    ~1.8x faster (forward + backward of the world CLIP, batch 128: 0.66 s against 1.2 s) with the
+    MATH kernel, whose backward is plain bf16 matrix products.
     """
     if device.type != "cpu":
         return contextlib.nullcontext()
@@ -127,12 +133,18 @@ def normalise_images(images: torch.Tensor, mean: tuple[float, ...] = CLIP_MEAN,
 
 
 class ClipContrastive(nn.Module):
-    """What the training engine runs: ``forward(image, text) -> [1]`` contrastive loss of a batch.
+    """What the training engine runs: ``forward(image, text[, negative, has_negative]) -> [1]`` loss of a batch.
+
+    The loss is open_clip's contrastive loss, plus, when hard-negative captions are given, ``w``
+    (``config.hard_negative_weight``) times a hard-negative term: for each image i with a negative,
+    the cross-entropy of telling its caption from its negative caption (a caption of the same scene
+    with one attribute changed), ``-log softmax([s <I_i, T_i>, s <I_i, N_i>])_0`` with the same
+    temperature s (the pairwise form of NegCLIP's extra text negatives, local to each sample).
 
     The logit scale is clamped at log 100 inside the forward (open_clip clamps the parameter
     after each optimizer step; clamping here has the same effect on the loss and needs no hook).
     With ``world_size > 1`` the features of every rank are gathered (with gradients), so each
-    rank's loss is over the global batch, as in open_clip's distributed training.
+    rank's contrastive loss is over the global batch, as in open_clip's distributed training.
     """
 
     def __init__(self, config: ClipModelConfig, rank: int = 0, world_size: int = 1) -> None:
@@ -150,12 +162,26 @@ class ClipContrastive(nn.Module):
         text_features = self.model.encode_text(text, normalize=True)  # [B, E]
         return image_features, text_features
 
-    def forward(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """:param image: [B, 3, H, W] in [-1, 1]. :param text: [B, context_length] token ids. :returns: [1]."""
+    def forward(self, image: torch.Tensor, text: torch.Tensor, negative: torch.Tensor | None = None,
+                has_negative: torch.Tensor | None = None) -> torch.Tensor:
+        """:param image: [B, 3, H, W] in [-1, 1]. :param text: [B, context_length] token ids.
+        :param negative: [B, context_length] hard-negative token ids, used where ``has_negative`` [B] is True.
+        :returns: [1]."""
+        batch = text.shape[0]
+        all_text = text if negative is None else torch.cat([text, negative])  # [B or 2B, ctx]
         with math_attention_on_cpu(image.device):
-            image_features, text_features = self.features(image, text)
-        scale = self.model.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()  # scalar temperature^-1
-        loss = self.loss(image_features.float(), text_features.float(), scale.float())
+            image_features, text_features = self.features(image, all_text)  # [B, E], [B or 2B, E]
+        scale = self.model.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp().float()  # [1], temperature^-1
+        image_features, text_features = image_features.float(), text_features.float()
+        loss = self.loss(image_features, text_features[:batch], scale)
+        if negative is not None and self.config.hard_negative_weight > 0:
+            positive = (image_features * text_features[:batch]).sum(-1)  # [B]
+            wrong = (image_features * text_features[batch:]).sum(-1)  # [B]
+            logits = scale * torch.stack([positive, wrong], dim=1)  # [B, 2]
+            per_sample = nn.functional.cross_entropy(logits, torch.zeros(batch, dtype=torch.long, device=logits.device),
+                                                     reduction="none")  # [B]
+            mask = torch.ones(batch, device=logits.device) if has_negative is None else has_negative.float()
+            loss = loss + self.config.hard_negative_weight * (per_sample * mask).sum() / mask.sum().clamp_min(1)
         return loss.reshape(1)
 
 

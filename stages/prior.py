@@ -56,7 +56,7 @@ class PriorConfig:
     text_dim: int = 192
     text_length: int = 40
     width: int = 256
-    layers: int = 6
+    layers: int = 4
     heads: int = 8
     mlp_ratio: float = 4.0
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -236,10 +236,23 @@ class PriorStage(nn.Module):
 
     @torch.no_grad()
     def sample(self, cond: Conditioning, batch: int, *, steps: int = 16, guidance: float = 1.0,
-               sampler: str = "ddim", generator: torch.Generator | None = None) -> torch.Tensor:
-        """Unit CLIP image embeddings [B, E] for ``cond`` through a sampler of :mod:`cascade.sampling`."""
+               sampler: str = "ddim", generator: torch.Generator | None = None, best_of: int = 1) -> torch.Tensor:
+        """Unit CLIP image embeddings [B, E] for ``cond`` through a sampler of :mod:`cascade.sampling`.
+
+        ``best_of`` k > 1 draws k embeddings per caption and keeps the one with the largest dot
+        product with the caption's pooled text embedding (DALL-E 2, Sec. 2.2, draws two).
+        """
         from cascade.sampling import sample
 
+        if best_of > 1:
+            if cond.pooled is None:
+                raise UserError("best_of > 1 needs the pooled text embedding to choose among samples")
+            repeated = Conditioning(**{k: (v.repeat(best_of, *[1] * (v.ndim - 1)) if v is not None else None)
+                                       for k, v in cond.__dict__.items()})
+            many = self.sample(repeated, batch * best_of, steps=steps, guidance=guidance, sampler=sampler,
+                               generator=generator).reshape(best_of, batch, -1)  # [k, B, E]
+            score = (many * F.normalize(cond.pooled.float(), dim=-1)[None]).sum(-1)  # [k, B]
+            return many.gather(0, score.argmax(0)[None, :, None].expand(1, batch, many.shape[-1]))[0]  # [B, E]
         dtype = next(self.parameters()).dtype
         noise = torch.randn(batch, self.config.embed_dim, generator=generator).to(dtype)  # [B, E]
         z0 = sample(sampler, self.denoiser(cond, guidance), noise, self.schedule, steps, generator=generator)

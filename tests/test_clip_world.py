@@ -5,6 +5,7 @@ evaluations measure what they say."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -181,3 +182,35 @@ def test_clip_evaluation_runs_on_a_tiny_clip(tmp_path: Path) -> None:
     assert 0.0 <= result["retrieval"]["top1"] <= 1.0
     for name, z in result["zero_shot"].items():
         assert 0.0 <= z["accuracy"] <= 1.0 and z["cases"] > 0, name
+
+
+def test_hard_negative_term_is_the_pairwise_cross_entropy() -> None:
+    """With a negative equal to the positive caption, the term is exactly w * log 2."""
+    from dataclasses import replace
+
+    torch.manual_seed(0)
+    model = ClipContrastive(replace(TINY, hard_negative_weight=0.5)).eval()
+    images = torch.rand(3, 3, 16, 16) * 2 - 1
+    text = clip_tokenizer(TINY.context_length)(PROMPTS)
+    with torch.no_grad():
+        plain = model(images, text)
+        same = model(images, text, negative=text, has_negative=torch.ones(3, dtype=torch.bool))
+        none = model(images, text, negative=text.flip(0), has_negative=torch.zeros(3, dtype=torch.bool))
+    torch.testing.assert_close(same - plain, torch.tensor([0.5 * math.log(2.0)]), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(none, plain, rtol=0, atol=1e-7)  # masked-out negatives add nothing
+
+
+def test_hard_negatives_change_one_attribute_in_the_same_phrasing() -> None:
+    from cascade.training.world_captions import WorldRecaptioner
+    from data_pipeline.world import caption, parse_caption, sample_scene
+
+    keys = [f"train-{i:09d}" for i in range(40)]
+    captions = [caption(sample_scene("train", i), seed=i, drop_words=True) for i in range(40)]
+    fresh, negatives = WorldRecaptioner(0.5).with_negatives(keys, captions, torch.Generator().manual_seed(0))
+    made = [(p, n) for p, n in zip(fresh, negatives) if n is not None]
+    assert len(made) >= 30
+    for positive, negative in made:
+        a, b = parse_caption(positive), parse_caption(negative)
+        assert (a.time, a.ground) == (b.time, b.ground) and a != b
+        changed = sum(x != y for ga, gb in zip(a.groups, b.groups) for x, y in zip(ga.__dict__.values(), gb.__dict__.values()))
+        assert changed + (a.relation != b.relation) in (1, 2), (positive, negative)  # one attribute, or a swap

@@ -102,6 +102,17 @@ def test_few_step_sampling_through_the_core_samplers() -> None:
     torch.testing.assert_close(unit, again, rtol=0, atol=0)
 
 
+def test_best_of_keeps_the_sample_closest_to_the_text() -> None:
+    stage = tiny_prior()
+    cond = text_cond(3)
+    best = stage.sample(cond, 3, steps=3, best_of=4, generator=torch.Generator().manual_seed(5))
+    repeated = Conditioning(**{k: v.repeat(4, *[1] * (v.ndim - 1)) for k, v in cond.__dict__.items() if v is not None})
+    every = stage.sample(repeated, 12, steps=3, generator=torch.Generator().manual_seed(5)).reshape(4, 3, E)
+    text = F.normalize(cond.pooled, dim=-1)
+    scores = (every * text).sum(-1)  # [4, 3]
+    torch.testing.assert_close(best, every[scores.argmax(0), torch.arange(3)], rtol=0, atol=0)
+
+
 def test_prior_learns_a_caption_to_embedding_map() -> None:
     """Four captions, each with its own target embedding: after training, samples land on their targets."""
     torch.manual_seed(0)
@@ -168,12 +179,15 @@ def test_prior_export_and_evaluation(trained_prior: tuple[Path, Path], tmp_path:
     from cascade.training.prior_task import export_run, load_prior
 
     run, clip = trained_prior
-    release = export_run(run, tmp_path / "prior")
-    from_run, _ = load_prior(run)
-    from_release, config = load_prior(release)
+    release = export_run(run, tmp_path / "prior", dtype="fp32")
+    from_run, spec = load_prior(run)
+    from_release, release_spec = load_prior(release)
     for (name, a), b in zip(from_run.state_dict().items(), from_release.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
-    assert config.prior.embed_dim == E
+    assert spec == release_spec == f"clip:local-dir:{clip}" and from_release.config.embed_dim == E
+    assert json.loads((release / "release.json").read_text())["step"] == 4
+    small = export_run(run, tmp_path / "prior-bf16")  # bf16 by default: half the bytes
+    assert (small / "ema.safetensors").stat().st_size < 0.6 * (release / "ema.safetensors").stat().st_size
     result = evaluate_prior(release, "heldout", count=40, candidates=20, steps=3, guidances=(1.0, 2.0))
     for metrics in [result["text_baseline"], *result["prior_by_guidance"].values()]:
         assert -1.0 <= metrics["cosine"] <= 1.0 and 1 <= metrics["mean_rank"] <= 20 and 0 <= metrics["top1"] <= 1

@@ -23,7 +23,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from cascade.evaluation.world_cases import ATTRIBUTES, ZeroShotCase, render_scenes, scene_captions, world_scenes, zero_shot_cases
+from cascade.evaluation.world_cases import (ATTRIBUTES, ZeroShotCase, render_scenes, scene_captions, world_scenes,
+                                           zero_shot_cases)
 
 
 def retrieval_ranks(queries: torch.Tensor, images: torch.Tensor, candidates: int = 100) -> torch.Tensor:

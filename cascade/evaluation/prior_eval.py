@@ -39,7 +39,7 @@ def embedding_metrics(predicted: torch.Tensor, truth: torch.Tensor, candidates: 
 
 
 def sample_prior(prior: Any, text_encoder: Any, captions: list[str], *, steps: int, guidance: float,
-                 sampler: str, seed: int = 0, batch_size: int = 250) -> torch.Tensor:
+                 sampler: str, best_of: int = 1, seed: int = 0, batch_size: int = 250) -> torch.Tensor:
     """Unit image embeddings [N, E] sampled from ``prior`` for ``captions`` (a generator per chunk)."""
     from stages.conditioning import Conditioning
 
@@ -48,20 +48,21 @@ def sample_prior(prior: Any, text_encoder: Any, captions: list[str], *, steps: i
         emb = text_encoder.encode(captions[start:start + batch_size])
         cond = Conditioning(text_tokens=emb.tokens, text_mask=emb.mask, pooled=emb.pooled)
         generator = torch.Generator().manual_seed(seed * 1_000_003 + start)
-        outs.append(prior.sample(cond, len(emb), steps=steps, guidance=guidance, sampler=sampler, generator=generator))
+        outs.append(prior.sample(cond, len(emb), steps=steps, guidance=guidance, sampler=sampler,
+                                 generator=generator, best_of=best_of))
     return torch.cat(outs)
 
 
 def evaluate_prior(prior_dir: Path, split: str = "eval", count: int = 1000, *, candidates: int = 100,
                    steps: int = 16, guidances: tuple[float, ...] = (1.0,), sampler: str = "ddim",
-                   clip_dir: Path | None = None) -> dict[str, Any]:
+                   best_of: tuple[int, ...] = (1,), clip_dir: Path | None = None) -> dict[str, Any]:
     """The prior in ``prior_dir`` (release or run folder) on scenes 0 .. count - 1 of ``split``."""
     from cascade.clip_image import load_clip_image_encoder
     from cascade.text import load_text_encoder
     from cascade.training.prior_task import clip_folder_of, load_prior
 
-    prior, config = load_prior(prior_dir)
-    clip = clip_dir if clip_dir is not None else clip_folder_of(config.text_encoder)
+    prior, spec = load_prior(prior_dir)
+    clip = clip_dir if clip_dir is not None else clip_folder_of(spec)
     text_encoder = load_text_encoder(f"clip:local-dir:{clip}")
     image_encoder = load_clip_image_encoder(clip)
     scenes = world_scenes(split, count)
@@ -72,18 +73,21 @@ def evaluate_prior(prior_dir: Path, split: str = "eval", count: int = 1000, *, c
                               "sampler": sampler, "steps": steps,
                               "text_baseline": embedding_metrics(text, truth, candidates), "prior_by_guidance": {}}
     for guidance in guidances:
-        sampled = sample_prior(prior, text_encoder, captions, steps=steps, guidance=guidance, sampler=sampler)
-        result["prior_by_guidance"][str(guidance)] = embedding_metrics(sampled, truth, candidates)
+        for k in best_of:
+            sampled = sample_prior(prior, text_encoder, captions, steps=steps, guidance=guidance, sampler=sampler,
+                                   best_of=k)
+            name = f"{guidance}" if k == 1 else f"{guidance}, best of {k}"
+            result["prior_by_guidance"][name] = embedding_metrics(sampled, truth, candidates)
     return result
 
 
 def print_report(result: dict[str, Any]) -> None:
     print(f"prior on {result['split']} ({result['scenes']} scenes; {result['sampler']}, {result['steps']} steps)")
-    print(f"{'embedding':<22} {'cosine':>7} {'top-1/100':>10} {'mean rank':>10}")
+    print(f"{'embedding':<32} {'cosine':>7} {'top-1/100':>10} {'mean rank':>10}")
     rows = [("text (baseline)", result["text_baseline"])]
     rows += [(f"prior, guidance {g}", m) for g, m in result["prior_by_guidance"].items()]
     for name, m in rows:
-        print(f"{name:<22} {m['cosine']:>7.3f} {m['top1']:>10.3f} {m['mean_rank']:>10.2f}")
+        print(f"{name:<32} {m['cosine']:>7.3f} {m['top1']:>10.3f} {m['mean_rank']:>10.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=16, help="sampler steps (default 16)")
     parser.add_argument("--sampler", default="ddim", help="sampler name (default ddim)")
     parser.add_argument("--guidance", type=float, nargs="+", default=[1.0], help="guidance scales (default 1)")
+    parser.add_argument("--best-of", type=int, nargs="+", default=[1],
+                        help="draw k per caption, keep the closest to the text embedding (default 1)")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
     from cascade.errors import UserError
@@ -104,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     clip = resolve_path(str(args.clip)) if args.clip else None
     try:
         results = [evaluate_prior(resolve_path(str(args.prior)), split, args.count, steps=args.steps,
-                                  guidances=tuple(args.guidance), sampler=args.sampler, clip_dir=clip)
+                                  guidances=tuple(args.guidance), sampler=args.sampler,
+                                  best_of=tuple(args.best_of), clip_dir=clip)
                    for split in args.split]
     except UserError as error:
         print(f"prior_eval: error: {error}", file=sys.stderr)

@@ -8,23 +8,14 @@ other words (and synonyms) unchanged. The attribute values are those of design/W
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-#: Attribute -> its values (design/WORLD.md). Object attributes change one group.
-ATTRIBUTE_VALUES: dict[str, tuple[Any, ...]] = {
-    "colour": ("red", "orange", "yellow", "green", "blue", "purple", "white", "black"),
-    "shape": ("sphere", "cube", "pyramid", "star"),
-    "size": ("small", "large"),
-    "material": ("solid", "glass"),
-    "count": (1, 2, 3),
-    "relation": ("above", "below", "left of", "right of"),
-    "ground": ("ocean", "desert", "grass", "none"),
-    "time": ("day", "sunset", "night"),
-}
+from cascade.training.world_captions import ATTRIBUTE_VALUES, with_attribute
+
 ATTRIBUTES: tuple[str, ...] = tuple(ATTRIBUTE_VALUES)
 OBJECT_ATTRIBUTES = ("colour", "shape", "size", "material")
 ZERO_SHOT_STYLE = "compact"
@@ -63,18 +54,6 @@ def scene_captions(scenes: list[Any], style: str | None = None) -> list[str]:
     return [caption(scene, style=style, seed=scene.seed or 0) for scene in scenes]
 
 
-def _with_value(scene: Any, attribute: str, value: Any, group: int) -> Any:
-    if attribute in ("ground", "time", "relation"):
-        return replace(scene, **{attribute: value})
-    groups = list(scene.groups)
-    g = groups[group]
-    if attribute == "count":
-        groups[group] = replace(g, count=value, positions=(g.positions[0],) * value)
-    else:
-        groups[group] = replace(g, **{attribute: value})
-    return replace(scene, groups=tuple(groups))
-
-
 def attribute_value(scene: Any, attribute: str, group: int = 0) -> Any:
     """The scene's value of ``attribute`` (of ``groups[group]`` for object attributes)."""
     if attribute in ("ground", "time", "relation"):
@@ -106,7 +85,7 @@ def zero_shot_cases(scenes: list[Any], attribute: str) -> list[ZeroShotCase]:
             continue
         group = (scene.seed or 0) % len(scene.groups) if attribute in OBJECT_ATTRIBUTES else 0
         values = ATTRIBUTE_VALUES[attribute]
-        captions = tuple(caption(_with_value(scene, attribute, v, group), style=ZERO_SHOT_STYLE, seed=scene.seed or 0)
+        captions = tuple(caption(with_attribute(scene, attribute, v, group), style=ZERO_SHOT_STYLE, seed=scene.seed or 0)
                          for v in values)
         if len(set(captions)) != len(captions):
             raise AssertionError(f"captions for {attribute} of scene {scene.seed} are not all different: {captions}")

@@ -72,8 +72,14 @@ class ClipTask:
         if self._snapshot_batch is None:
             keep = SNAPSHOT_SAMPLES
             self._snapshot_batch = {"image": batch["image"][:keep].clone(), "caption": list(batch["caption"][:keep])}
-        captions = self.recaption(list(batch["key"]), list(batch["caption"]), generator)
-        return {"image": batch["image"].to(dtype), "text": self.tokens(captions)}
+        keys, captions = list(batch["key"]), list(batch["caption"])
+        if self.clip.hard_negative_weight <= 0:
+            return {"image": batch["image"].to(dtype), "text": self.tokens(self.recaption(keys, captions, generator))}
+        captions, negatives = self.recaption.with_negatives(keys, captions, generator)
+        has_negative = torch.tensor([n is not None for n in negatives])
+        negative = self.tokens([n if n is not None else c for n, c in zip(negatives, captions)])
+        return {"image": batch["image"].to(dtype), "text": self.tokens(captions), "negative": negative,
+                "has_negative": has_negative}
 
     def snapshot(self, module: ClipContrastive, step: int, out_dir: Path) -> Path | None:
         """In-batch retrieval accuracy of the EMA model on the first batch seen (a JSON file)."""
@@ -100,29 +106,42 @@ class ClipTask:
 # ---------------------------------------------------------------------------- export
 
 
-def ema_state_of_run(run: Path) -> tuple[TrainConfig, dict[str, torch.Tensor], Path]:
-    """A run folder's config, the EMA weights of its newest complete checkpoint, and that checkpoint."""
+def ema_state_of_run(run: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], Path]:
+    """A run folder's config (the raw mapping of its ``config.yaml``), the EMA weights of its newest
+    complete checkpoint, and that checkpoint.
+
+    The config is returned unparsed so that an export reads only its own section (``clip:`` or
+    ``prior:``) and keeps working when unrelated parts of the training config change.
+    """
     from safetensors.torch import load_file
 
-    from cascade.config import load_yaml
+    from cascade.config import read_yaml
     from cascade.training.checkpoint import find_latest
 
     run = Path(run)
     if not (run / "config.yaml").is_file():
         raise UserError(f"{run} is not a training run folder (no config.yaml)")
-    config = load_yaml(TrainConfig, run / "config.yaml")
     latest = find_latest(run / "checkpoints")
     if latest is None:
         raise UserError(f"no complete checkpoint under {run / 'checkpoints'}")
-    return config, load_file(str(latest / "ema.safetensors")), latest
+    return read_yaml(run / "config.yaml"), load_file(str(latest / "ema.safetensors")), latest
+
+
+def config_section(raw: dict[str, Any], name: str, cls: type, where: str) -> Any:
+    """The typed ``name:`` section of a raw training config (a one-line error if it is missing)."""
+    from cascade.config import from_dict
+
+    if not isinstance(raw.get(name), dict):
+        raise UserError(f"{where} has no '{name}:' section: not a run of that stage")
+    return from_dict(cls, raw[name], where=f"{where}: {name}")
 
 
 def export_run(run: Path, out: Path, dtype: torch.dtype = torch.bfloat16) -> Path:
     """Export the EMA weights of a ``--stage clip`` run as an open_clip ``local-dir:`` folder."""
     from stages.clip_world import build_clip
 
-    config, ema, _ = ema_state_of_run(run)
-    clip = clip_config_of(config)
+    raw, ema, _ = ema_state_of_run(run)
+    clip = config_section(raw, "clip", ClipModelConfig, str(Path(run) / "config.yaml"))
     model = build_clip(clip)
     state = {k.removeprefix("model."): v for k, v in ema.items() if k.startswith("model.")}
     missing, unexpected = model.load_state_dict(state, strict=False)

@@ -8,7 +8,7 @@ gives the same vector every epoch), so after the first epoch a step costs only t
 
     python -m cascade.training.prior_task --run runs/prior --out weights/shapes/prior
 
-exports a run's EMA weights as a release folder (``config.yaml`` + ``model.safetensors``).
+exports a run's EMA weights as a release folder (``config.yaml``, ``ema.safetensors``, ``release.json``).
 """
 
 from __future__ import annotations
@@ -131,46 +131,62 @@ class PriorTask:
 
 
 # ---------------------------------------------------------------------------- release folder
+#
+# A prior release is a folder, like a diffusion stage's (cascade/release.py):
+#     config.yaml        the PriorConfig (typed; unknown keys are an error)
+#     ema.safetensors    the EMA weights
+#     release.json       {"kind": "prior", "step": N, "dtype": "bf16", "text_encoder": "clip:local-dir:..."}
 
-MODEL_FILE = "model.safetensors"
-CONFIG_FILE = "config.yaml"
+RELEASE_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
-def export_run(run: Path, out: Path) -> Path:
-    """Write a ``--stage prior`` run's EMA weights as ``out/model.safetensors`` (float32) and its
-    config as ``out/config.yaml`` (the training config, naming the CLIP it belongs to)."""
+def export_run(run: Path, out: Path, dtype: str = "bf16") -> Path:
+    """Write the release folder of a ``--stage prior`` run from its newest checkpoint's EMA weights."""
     from safetensors.torch import save
 
     from cascade.fileio import atomic_write_bytes, atomic_write_text
-    from cascade.training.clip_task import ema_state_of_run
+    from cascade.training.clip_task import config_section, ema_state_of_run
 
-    config, ema, _ = ema_state_of_run(run)
-    stage = PriorStage(prior_config_of(config))
-    stage.load_state_dict(ema, strict=True)
+    if dtype not in RELEASE_DTYPES:
+        raise UserError(f"unknown dtype {dtype!r} (choose from: {', '.join(RELEASE_DTYPES)})")
+    raw, ema, checkpoint = ema_state_of_run(run)
+    prior = config_section(raw, "prior", PriorConfig, str(Path(run) / "config.yaml"))
+    clip_folder_of(raw.get("text_encoder"))  # a prior names the CLIP it was trained on
+    PriorStage(prior).load_state_dict(ema, strict=True)  # the weights fit the config
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.contiguous() for k, v in stage.state_dict().items()}
-    atomic_write_bytes(out / MODEL_FILE, save(state, metadata={"format": "pt"}))
-    atomic_write_text(out / CONFIG_FILE, dump_yaml(config))
+    cast = RELEASE_DTYPES[dtype]
+    state = {k: v.to(cast).contiguous() for k, v in ema.items()}
+    atomic_write_bytes(out / "ema.safetensors", save(state, metadata={"format": "pt"}))
+    atomic_write_text(out / "config.yaml", dump_yaml(prior))
+    step = int((checkpoint / "COMPLETE").read_text().strip() or 0)
+    info = {"kind": "prior", "step": step, "dtype": dtype, "text_encoder": raw["text_encoder"]}
+    atomic_write_text(out / "release.json", json.dumps(info, indent=2) + "\n")
     return out
 
 
-def load_prior(folder: Path) -> tuple[PriorStage, TrainConfig]:
-    """A prior from a release folder (``config.yaml`` + ``model.safetensors``) or a run folder
-    (its newest checkpoint's EMA weights), in float32 eval mode, and its training config."""
+def load_prior(folder: Path) -> tuple[PriorStage, str]:
+    """A prior (float32, eval mode) and the text-encoder spec of its CLIP, from a release folder
+    (:func:`export_run`) or a run folder (its newest checkpoint's EMA weights)."""
     from safetensors.torch import load_file
 
-    folder = resolve_path(str(folder))
-    if (folder / MODEL_FILE).is_file():
-        config = load_yaml(TrainConfig, folder / CONFIG_FILE)
-        state = load_file(str(folder / MODEL_FILE))
-    else:
-        from cascade.training.clip_task import ema_state_of_run
+    from cascade.training.clip_task import config_section, ema_state_of_run
 
-        config, state, _ = ema_state_of_run(folder)
-    stage = PriorStage(prior_config_of(config))
-    stage.load_state_dict(state, strict=True)
-    return stage.float().eval(), config
+    folder = resolve_path(str(folder))
+    if (folder / "release.json").is_file():
+        info = json.loads((folder / "release.json").read_text())
+        if info.get("kind") != "prior":
+            raise UserError(f"{folder} is a release of a {info.get('kind')!r}, not of a prior")
+        config = load_yaml(PriorConfig, folder / "config.yaml")
+        state, spec = load_file(str(folder / "ema.safetensors")), info["text_encoder"]
+    else:
+        raw, state, _ = ema_state_of_run(folder)
+        config = config_section(raw, "prior", PriorConfig, str(folder / "config.yaml"))
+        spec = raw.get("text_encoder")
+    clip_folder_of(spec)
+    stage = PriorStage(config)
+    stage.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    return stage.float().eval(), spec
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,9 +194,10 @@ def main(argv: list[str] | None = None) -> int:
                                      description="Export a --stage prior run's EMA weights as a release folder.")
     parser.add_argument("--run", type=Path, required=True, help="the run folder (holds config.yaml and checkpoints/)")
     parser.add_argument("--out", type=Path, required=True, help="the folder to write (e.g. weights/shapes/prior)")
+    parser.add_argument("--dtype", choices=tuple(RELEASE_DTYPES), default="bf16", help="weights dtype (default bf16)")
     args = parser.parse_args(argv)
     try:
-        folder = export_run(args.run, args.out)
+        folder = export_run(args.run, args.out, args.dtype)
     except UserError as error:
         print(f"export: error: {error}", file=sys.stderr)
         return 2
