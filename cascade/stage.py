@@ -2,7 +2,7 @@
 
 Training and sampling go through the same object: ``stage(x0, cond, generator)`` is the
 per-sample training loss, and ``stage.denoiser(cond, ...)`` is what samplers call. The network
-sees times in [0, 1000) whatever the schedule's units (:meth:`DiffusionStage.model_time`).
+sees times in [0, 1000) whatever the schedule's units (:func:`cascade.diffusion.timing.network_time`).
 """
 
 from __future__ import annotations
@@ -16,16 +16,14 @@ from torch import nn
 
 from cascade.diffusion.forward import q_sample
 from cascade.diffusion.losses import simple_loss
-from cascade.diffusion.schedules import DiscreteSchedule, NoiseSchedule, build_schedule
+from cascade.diffusion.schedules import NoiseSchedule, build_schedule
+from cascade.diffusion.timing import network_time, uniform_times
 from cascade.errors import UserError
 from cascade.sampling.denoiser import Denoiser, denoiser_from_model
 from cascade.sampling.noise import Generators, randn
 from cascade.sampling.guidance import check_guidance_scale, classifier_free_guidance, dynamic_threshold, static_clip
 from stages.conditioning import Conditioning
 from stages.unet import UNet, UNetConfig
-
-MODEL_TIME_SCALE = 1000.0
-
 
 @dataclass(frozen=True)
 class ScheduleConfig:
@@ -91,15 +89,11 @@ class DiffusionStage(nn.Module):
 
     def model_time(self, t: torch.Tensor) -> torch.Tensor:
         """Schedule times [B] (float64) -> the network's time input [B] float32 in [0, 1000)."""
-        span = self.schedule.t_max + (1.0 if isinstance(self.schedule, DiscreteSchedule) else 0.0)
-        return (t.to(torch.float64) * (MODEL_TIME_SCALE / span)).float()
+        return network_time(self.schedule, t)
 
     def random_times(self, batch: int, generator: torch.Generator | None, max_fraction: float = 1.0) -> torch.Tensor:
-        """[B] float64 times drawn uniformly: integer steps of a discrete schedule, reals otherwise."""
-        if isinstance(self.schedule, DiscreteSchedule):
-            high = max(1, int(round(max_fraction * self.schedule.num_steps)))
-            return torch.randint(0, high, (batch,), generator=generator).to(torch.float64)
-        return torch.rand(batch, generator=generator, dtype=torch.float64) * max_fraction
+        """[B] float64 times drawn uniformly over the first ``max_fraction`` of the schedule."""
+        return uniform_times(self.schedule, batch, generator, max_fraction)
 
     def aug_time(self, fraction: float) -> float:
         """The schedule time of a noise-augmentation level given as a fraction of the time range."""
@@ -165,20 +159,7 @@ class DiffusionStage(nn.Module):
     def denoiser(self, cond: Conditioning, guidance: float = 1.0, threshold: str | None = None) -> Denoiser:
         """The x0-denoiser samplers call, conditioned on ``cond``, with classifier-free guidance scale
         ``guidance`` (one batched forward for both halves) and ``threshold`` None, "static" or "dynamic"."""
-        scale = check_guidance_scale(guidance)
-        network = self.network
-
-        def model_for(conditioning: Conditioning):
-            def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-                return network(x, self.model_time(t).to(x.device), conditioning).to(x.dtype)
-
-            return model
-
-        if scale == 1.0:
-            den = denoiser_from_model(model_for(cond), self.schedule, self.config.prediction)
-        else:
-            paired = denoiser_from_model(model_for(cond.doubled_for_guidance()), self.schedule, self.config.prediction)
-            den = classifier_free_guidance(paired, scale)
+        den = conditioned_denoiser(self.network, cond, self.schedule, self.config.prediction, guidance)
         if threshold == "dynamic":
             return dynamic_threshold(den)
         if threshold == "static":
@@ -186,3 +167,21 @@ class DiffusionStage(nn.Module):
         if threshold is not None:
             raise UserError(f"unknown threshold {threshold!r} (choose from: static, dynamic)")
         return den
+
+
+def conditioned_denoiser(network: nn.Module, cond: Conditioning, schedule: NoiseSchedule, prediction: str,
+                         guidance: float = 1.0) -> Denoiser:
+    """``network(x_t, network_time(t), cond)`` as a denoiser; with ``guidance`` != 1, classifier-free
+    guidance over [cond; no cond] in one batched forward (shared by every stage and the prior)."""
+    scale = check_guidance_scale(guidance)
+
+    def model_for(conditioning: Conditioning):
+        def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return network(x, network_time(schedule, t).to(x.device), conditioning).to(x.dtype)
+
+        return model
+
+    if scale == 1.0:
+        return denoiser_from_model(model_for(cond), schedule, prediction)
+    paired = denoiser_from_model(model_for(cond.doubled_for_guidance()), schedule, prediction)
+    return classifier_free_guidance(paired, scale)

@@ -29,11 +29,11 @@ from torch import nn
 
 from cascade.diffusion.forward import q_sample
 from cascade.diffusion.losses import simple_loss
-from cascade.diffusion.schedules import DiscreteSchedule, NoiseSchedule, build_schedule
+from cascade.diffusion.schedules import NoiseSchedule, build_schedule
+from cascade.diffusion.timing import network_time, uniform_times
 from cascade.errors import UserError
-from cascade.sampling.denoiser import Denoiser, denoiser_from_model
-from cascade.sampling.guidance import check_guidance_scale, classifier_free_guidance
-from cascade.stage import MODEL_TIME_SCALE, ScheduleConfig
+from cascade.sampling.denoiser import Denoiser
+from cascade.stage import ScheduleConfig, conditioned_denoiser
 from stages.clip_world import math_attention_on_cpu
 from stages.conditioning import Conditioning
 from stages.embeddings import NullableProjection, TimeEmbedding
@@ -189,14 +189,11 @@ class PriorStage(nn.Module):
 
     def model_time(self, t: torch.Tensor) -> torch.Tensor:
         """Schedule times [B] (float64) -> the network's time input [B] float32 in [0, 1000)."""
-        span = self.schedule.t_max + (1.0 if isinstance(self.schedule, DiscreteSchedule) else 0.0)
-        return (t.to(torch.float64) * (MODEL_TIME_SCALE / span)).float()
+        return network_time(self.schedule, t)
 
     def random_times(self, batch: int, generator: torch.Generator | None) -> torch.Tensor:
         """[B] float64 times drawn uniformly: integer steps of a discrete schedule, reals otherwise."""
-        if isinstance(self.schedule, DiscreteSchedule):
-            return torch.randint(0, self.schedule.num_steps, (batch,), generator=generator).to(torch.float64)
-        return torch.rand(batch, generator=generator, dtype=torch.float64)
+        return uniform_times(self.schedule, batch, generator)
 
     # ------------------------------------------------------------------ training
 
@@ -220,19 +217,7 @@ class PriorStage(nn.Module):
     def denoiser(self, cond: Conditioning, guidance: float = 1.0) -> Denoiser:
         """The z_0-denoiser samplers call, with classifier-free guidance scale ``guidance``
         (Ho & Salimans 2022; one batched forward for the conditional and the null-text halves)."""
-        scale = check_guidance_scale(guidance)
-        network = self.network
-
-        def model_for(conditioning: Conditioning):
-            def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-                return network(x, self.model_time(t).to(x.device), conditioning).to(x.dtype)
-
-            return model
-
-        if scale == 1.0:
-            return denoiser_from_model(model_for(cond), self.schedule, self.config.prediction)
-        paired = denoiser_from_model(model_for(cond.doubled_for_guidance()), self.schedule, self.config.prediction)
-        return classifier_free_guidance(paired, scale)
+        return conditioned_denoiser(self.network, cond, self.schedule, self.config.prediction, guidance)
 
     @torch.no_grad()
     def sample(self, cond: Conditioning, batch: int, *, steps: int = 16, guidance: float = 1.0,
