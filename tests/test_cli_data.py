@@ -3,55 +3,15 @@
 from __future__ import annotations
 
 import io
-import json
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-import data_pipeline
 from cascade.cli import main
 from data_pipeline.loader import StageSizes, make_loader
 from data_pipeline.shards import SkipStats, iter_samples, list_shards
-
-
-class _Scene:
-    def __init__(self, split: str, seed: int, clip: bool, frames: int) -> None:
-        self.split, self.seed, self.clip, self.frames = split, seed, clip, frames
-
-    def to_json(self) -> str:
-        return json.dumps({"split": self.split, "seed": self.seed, "frames": self.frames if self.clip else None})
-
-
-def _fake_world() -> types.ModuleType:
-    """A stand-in with the world's API: pixels and captions are functions of the seed."""
-    world = types.ModuleType("data_pipeline.world")
-    world.SPLITS = ("train", "eval", "heldout")
-    world.calls = []
-    world.sample_scene = lambda split, seed, *, clip=False, frames=8: _Scene(split, seed, clip, frames)
-
-    def render_image(scene: _Scene, size: int, frame: int = 0) -> np.ndarray:
-        return np.random.default_rng([scene.seed, frame]).integers(0, 256, (size, size, 3), dtype=np.uint8)
-
-    def caption(scene: _Scene, *, style: str | None = None, seed: int = 0, drop_words: bool = False) -> str:
-        world.calls.append((scene.split, seed, drop_words))
-        return f"scene {scene.seed} of {scene.split}"
-
-    world.render_image = render_image
-    world.render_clip = lambda scene, size: np.stack([render_image(scene, size, f) for f in range(scene.frames)])
-    world.caption = caption
-    return world
-
-
-@pytest.fixture()
-def fake_world(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
-    world = _fake_world()
-    monkeypatch.setitem(sys.modules, "data_pipeline.world", world)
-    monkeypatch.setattr(data_pipeline, "world", world, raising=False)
-    return world
 
 
 def _samples(out: Path) -> list[dict]:
@@ -62,7 +22,9 @@ def _png(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)))
 
 
-def test_world_writes_captioned_shards_with_a_progress_bar(fake_world, tmp_path: Path, capsys) -> None:
+def test_world_writes_captioned_shards_with_a_progress_bar(tmp_path: Path, capsys) -> None:
+    from data_pipeline.world import Scene, caption, render_image, sample_scene
+
     out = tmp_path / "out"
     assert main(["data", "world", "--split", "train", "--size", "16", "--count", "5", "--seed", "10",
                  "--maxcount", "2", "--out", str(out)]) == 0
@@ -72,27 +34,29 @@ def test_world_writes_captioned_shards_with_a_progress_bar(fake_world, tmp_path:
     samples = _samples(out)
     assert [s["__key__"] for s in samples] == [f"train-{10 + i:09d}" for i in range(5)]
     for i, sample in enumerate(samples):
+        scene = sample_scene("train", 10 + i)
         assert set(sample) - {"__key__", "__url__", "__index__"} == {"png", "txt", "json"}
-        expected = fake_world.render_image(_Scene("train", 10 + i, False, 8), 16)
-        np.testing.assert_array_equal(_png(sample["png"]), expected)
-        assert sample["txt"].decode() == f"scene {10 + i} of train"
-        assert json.loads(sample["json"])["seed"] == 10 + i
-    assert fake_world.calls == [("train", 10 + i, True) for i in range(5)]  # train captions drop words
+        np.testing.assert_array_equal(_png(sample["png"]), render_image(scene, 16))
+        assert sample["txt"].decode() == caption(scene, seed=10 + i, drop_words=True)  # train captions drop words
+        assert Scene.from_json(sample["json"].decode()) == scene
 
 
-def test_world_clips_are_frame_strips_the_loader_reads(fake_world, tmp_path: Path) -> None:
+def test_world_clips_are_frame_strips_the_loader_reads(tmp_path: Path) -> None:
+    from data_pipeline.world import caption, render_clip, sample_scene
+
     assert main(["data", "world", "--split", "eval", "--size", "16", "--count", "2", "--clips", "--frames", "3",
                  "--out", str(tmp_path)]) == 0
     samples = _samples(tmp_path)
     assert _png(samples[0]["clip.png"]).shape == (16, 48, 3)
-    assert fake_world.calls == [("eval", 0, False), ("eval", 1, False)]
+    scene = sample_scene("eval", 1, clip=True, frames=3)
+    assert samples[1]["txt"].decode() == caption(scene, seed=1)  # eval captions keep every word
     (batch,) = list(make_loader(tmp_path, batch_size=2, stage=StageSizes(16, frames=3), shuffle_buffer=1))
-    expected = fake_world.render_clip(_Scene("eval", 1, True, 3), 16)
     index = batch["key"].index("eval-000000001")
+    expected = render_clip(scene, 16)
     np.testing.assert_allclose(((batch["frames"][index] + 1) * 127.5).permute(0, 2, 3, 1).numpy(), expected, atol=1e-3)
 
 
-def test_world_shards_are_reproducible_and_extendable(fake_world, tmp_path: Path) -> None:
+def test_world_shards_are_reproducible_and_extendable(tmp_path: Path) -> None:
     def run(out: Path, seed: int, count: int) -> None:
         assert main(["data", "world", "--split", "heldout", "--size", "16", "--count", str(count), "--seed",
                      str(seed), "--out", str(out), "--prefix", f"s{seed}"]) == 0
@@ -118,13 +82,13 @@ def test_world_shards_are_reproducible_and_extendable(fake_world, tmp_path: Path
     (["--split", "train", "--size", "16", "--count", "1", "--workers", "0"], "--workers must be at least 1"),
     (["--split", "train", "--size", "16", "--count", "1", "--prefix", "a.b"], "bad shard prefix 'a.b'"),
 ])
-def test_world_bad_arguments_are_one_line_errors(fake_world, tmp_path: Path, capsys, args, message) -> None:
+def test_world_bad_arguments_are_one_line_errors(tmp_path: Path, capsys, args, message) -> None:
     assert main(["data", "world", *args, "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"cascade data: error: {message}") and err.count("\n") == 1
 
 
-def test_out_that_is_a_file_and_missing_src(fake_world, tmp_path: Path, capsys) -> None:
+def test_out_that_is_a_file_and_missing_src(tmp_path: Path, capsys) -> None:
     (tmp_path / "file").write_text("x")
     assert main(["data", "world", "--split", "eval", "--size", "16", "--count", "1",
                  "--out", str(tmp_path / "file")]) == 2
@@ -136,7 +100,7 @@ def test_out_that_is_a_file_and_missing_src(fake_world, tmp_path: Path, capsys) 
     assert "already holds 1 shard(s) named eval-*.tar (pass --overwrite" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv", [["data"], ["data", "world"], ["data", "ingest"]])
+@pytest.mark.parametrize("argv", [["data"], ["data", "world"], ["data", "ingest"], ["data", "embed"]])
 def test_each_subcommand_has_its_own_help(argv: list[str], capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main([*argv, "--help"])
@@ -163,15 +127,6 @@ def test_ingest_command(tmp_path: Path, capsys) -> None:
     assert "error: no usable sample in" in capsys.readouterr().err
 
 
-def _real_world_ready() -> bool:
-    try:
-        from data_pipeline import world
-    except ImportError:
-        return False
-    return all(hasattr(world, name) for name in ("SPLITS", "sample_scene", "render_image", "render_clip", "caption"))
-
-
-@pytest.mark.skipif(not _real_world_ready(), reason="data_pipeline.world does not export its API yet")
 def test_real_world_shards_load_for_training(tmp_path: Path) -> None:
     assert main(["data", "world", "--split", "train", "--size", "32", "--count", "3", "--out", str(tmp_path)]) == 0
     assert main(["data", "world", "--split", "eval", "--size", "16", "--count", "2", "--clips", "--frames", "2",
@@ -182,3 +137,20 @@ def test_real_world_shards_load_for_training(tmp_path: Path) -> None:
     assert all(caption.strip() for caption in batch["caption"])
     (clips,) = list(make_loader(tmp_path / "clips", batch_size=2, stage=StageSizes(16, frames=2)))
     assert clips["frames"].shape == (2, 2, 3, 16, 16)
+
+
+def test_embed_command_adds_compact_embeddings(tmp_path: Path, capsys) -> None:
+    from cascade.text.testing import build_tiny_open_clip
+    from data_pipeline.embed import decode_embedding
+
+    clip = build_tiny_open_clip(tmp_path / "clip")
+    assert main(["data", "world", "--split", "eval", "--size", "16", "--count", "3", "--out", str(tmp_path / "w")]) == 0
+    assert main(["data", "embed", "--encoder", f"clip:local-dir:{clip}", "--in", str(tmp_path / "w"),
+                 "--out", str(tmp_path / "e")]) == 0
+    assert "embedded 3 of 3 samples in 1 shard(s)" in capsys.readouterr().out
+    for sample in _samples(tmp_path / "e"):
+        tokens, pooled = decode_embedding(sample["emb.safetensors"])
+        assert tokens.shape[1] == 32 and 1 < tokens.shape[0] <= 16 and pooled.shape == (16,)
+    assert main(["data", "embed", "--encoder", f"clip:local-dir:{tmp_path / 'nope'}", "--in", str(tmp_path / "w"),
+                 "--out", str(tmp_path / "e2")]) == 2
+    assert "text encoder folder not found" in capsys.readouterr().err

@@ -52,6 +52,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_shard_options(ingest, prefix_help="shard name prefix (default: data)")
     ingest.set_defaults(func=run_ingest)
 
+    embed = commands.add_parser(
+        "embed", help="add precomputed text embeddings to every sample of a shard set",
+        description="Encode every sample's caption once with a frozen text encoder and store, as KEY.emb.safetensors, "
+                    "its token embeddings (fp16, cut to the caption's true length) and pooled vector, so that "
+                    "training never runs a large encoder. Specs: t5:DIR, hf:DIR, clip:local-dir:DIR, clip:ARCH:FILE.")
+    embed.add_argument("--encoder", required=True, help="text encoder spec (local paths only)")
+    embed.add_argument("--in", dest="src", type=Path, required=True, help="folder of shards")
+    embed.add_argument("--out", type=Path, required=True, help="folder for the shards with embeddings")
+    embed.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"), help="encoder dtype (default fp32)")
+    embed.add_argument("--max-length", type=int, default=None, help="truncate captions to this many tokens")
+    embed.add_argument("--batch-size", type=int, default=64, help="captions encoded together (default 64)")
+    embed.add_argument("--skip-bad", action="store_true", help="skip and count samples with bad captions")
+    embed.set_defaults(func=run_embed)
+
 
 def _add_shard_options(parser: argparse.ArgumentParser, *, prefix_help: str) -> None:
     parser.add_argument("--maxcount", type=int, default=1000, help="samples per shard (default 1000)")
@@ -95,6 +109,22 @@ def run_world(args: argparse.Namespace) -> int:
     last = args.seed + args.count - 1
     print(f"wrote {result.count} {args.split} {kind} of {args.size} px (seeds {args.seed}..{last}) "
           f"in {len(result.shards)} shard(s) to {result.out}")
+    return 0
+
+
+def run_embed(args: argparse.Namespace) -> int:
+    from cascade.errors import UserError
+    from cascade.text import load_text_encoder
+    from data_pipeline.embed import embed_shards
+
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if not args.src.is_dir():
+        raise UserError(f"--in {args.src} is not a folder of shards")
+    encoder = load_text_encoder(args.encoder, dtype=args.dtype, max_length=args.max_length)
+    counts = embed_shards(args.src, args.out, encoder, batch_size=args.batch_size, skip_bad=args.skip_bad)
+    print(f"embedded {counts['embedded']} of {counts['samples']} samples in {counts['shards']} shard(s) to {args.out} "
+          f"(skipped {counts['skipped']}, truncated {counts['truncated']})")
     return 0
 
 
