@@ -46,4 +46,7 @@ class SpatialAttention(nn.Module):
                 mask = torch.cat([own, context_mask], dim=1)[:, None, None, :]  # [N, 1, 1, HW + L]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [N, heads, HW, d]
         out = self.out(out.transpose(1, 2).reshape(n, h * w, c))  # [N, HW, C]
-        return x + out.reshape(n, h, w, c).permute(0, 3, 1, 2)
+        out = out.reshape(n, h, w, c).permute(0, 3, 1, 2)  # [N, C, H, W], channels-last memory
+        if not torch.is_grad_enabled() and out.dtype == x.dtype:
+            return out.add_(x)  # no new [N, C, H, W] buffer when nothing needs gradients
+        return x + out

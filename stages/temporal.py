@@ -36,9 +36,12 @@ class TemporalConv(nn.Module):
     def forward(self, x: torch.Tensor, frames: int, video_mask: torch.Tensor | None = None) -> torch.Tensor:
         bf, c, h, w = x.shape
         b = bf // frames
-        seq = F.silu(self.norm(x)).reshape(b, frames, c, h, w).permute(0, 3, 4, 2, 1).reshape(b * h * w, c, frames)
-        delta = self.conv(seq)  # [B*H*W, C, F]
-        delta = delta.reshape(b, h, w, c, frames).permute(0, 4, 3, 1, 2).reshape(bf, c, h, w)
+        clip = F.silu(self.norm(x)).reshape(b, frames, c, h, w).transpose(1, 2)  # [B, C, F, H, W], a view
+        # The kernel-3 Conv1d over frames, run as a (3, 1, 1) Conv3d: on channels-last input the clip
+        # view is already channels-last-3d memory, so nothing is transposed or copied.
+        weight = self.conv.weight[..., None, None]  # [C, C, 3, 1, 1]
+        delta = F.conv3d(clip, weight, self.conv.bias, padding=(1, 0, 0))  # [B, C, F, H, W]
+        delta = delta.transpose(1, 2).reshape(bf, c, h, w)
         return _apply_mask(x, delta, video_mask, frames)
 
 

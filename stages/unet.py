@@ -9,10 +9,9 @@ embedding, and the image embedding also turned into extra context tokens (unCLIP
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -63,6 +62,13 @@ class UNetConfig:
     @property
     def downsampling_factor(self) -> int:
         return 2 ** (len(self.channel_mults) - 1)
+
+
+def _cast(cond: Conditioning, dtype: torch.dtype) -> Conditioning:
+    """The floating-point conditioning tensors in the network's weight dtype (bf16 weights take bf16)."""
+    names = ("text_tokens", "pooled", "image_embed")
+    changes = {n: getattr(cond, n).to(dtype) for n in names if getattr(cond, n) is not None and getattr(cond, n).dtype != dtype}
+    return replace(cond, **changes) if changes else cond
 
 
 @dataclass
@@ -149,6 +155,7 @@ class UNet(nn.Module):
 
     def _embed(self, t: torch.Tensor, cond: Conditioning, frames: int, dtype: torch.dtype) -> _State:
         c = self.config
+        cond = _cast(cond, dtype)
         emb = self.time_embed(t)  # [B, E]
         if self.aug_embed is not None:
             aug = cond.aug_level if cond.aug_level is not None else torch.zeros_like(t)
@@ -202,7 +209,9 @@ class UNet(nn.Module):
                 raise ValueError("a super-resolution U-Net needs cond.low_res")
             low_res = cond.low_res.flatten(0, 1) if cond.low_res.ndim == 5 else cond.low_res
             h = torch.cat([h, low_res.to(h.dtype)], dim=1)
-        state = self._embed(t, cond, frames, self.input_conv.weight.dtype)
+        dtype = self.input_conv.weight.dtype
+        h = h.to(dtype)  # a bf16 network takes fp32 inputs too
+        state = self._embed(t, cond, frames, dtype)
 
         h = self.input_conv(h)
         skips = [h]

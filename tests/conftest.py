@@ -14,6 +14,15 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+@pytest.fixture(autouse=True)
+def _restore_environment():
+    """Commands run in-process (``main([...])``) set launcher variables; keep them out of later tests."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 def run_command(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run a project command in a subprocess (as a user would) and fail the test with its output on error."""
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"), PYTHONUNBUFFERED="1")

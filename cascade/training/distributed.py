@@ -7,8 +7,10 @@ GPU, so :func:`configure_environment` runs before any import of deepspeed.
 from __future__ import annotations
 
 import os
-import socket
+import shutil
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -25,19 +27,13 @@ def configure_environment() -> None:
     os.environ.setdefault("LOCAL_RANK", "0")
     os.environ.setdefault("WORLD_SIZE", "1")
     os.environ.setdefault("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    if "MASTER_PORT" not in os.environ:
-        os.environ["MASTER_PORT"] = str(_free_port())
     local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     if "OMP_NUM_THREADS" not in os.environ and local_ranks > 1:
         # Ranks on one CPU share its cores; oversubscribing makes each 2-3x slower.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_ranks))
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+_file_store_folder: Path | None = None  # the single-process rendezvous folder, removed at shutdown
 
 
 @dataclass(frozen=True)
@@ -52,7 +48,12 @@ class DistInfo:
 
 
 def init_distributed() -> DistInfo:
-    """Initialise torch.distributed through DeepSpeed (gloo on CPU, nccl on GPU)."""
+    """Initialise torch.distributed through DeepSpeed (gloo on CPU, nccl on GPU).
+
+    Under a launcher the ranks meet at ``MASTER_ADDR:MASTER_PORT``. A single plain-``python``
+    process meets only itself, through a private file store: no TCP port to pick, so runs started
+    side by side can never collide on one.
+    """
     configure_environment()
     import logging
 
@@ -61,7 +62,18 @@ def init_distributed() -> DistInfo:
 
     deepspeed.utils.logger.setLevel(logging.ERROR)
     if not dist.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", verbose=False)
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if "MASTER_PORT" in os.environ or int(os.environ["WORLD_SIZE"]) > 1:
+            deepspeed.init_distributed(dist_backend=backend, verbose=False)
+        else:
+            global _file_store_folder
+            _file_store_folder = Path(tempfile.mkdtemp(prefix="cascade-dist-"))
+            try:
+                deepspeed.init_distributed(dist_backend=backend, verbose=False, auto_mpi_discovery=False,
+                                           init_method=f"file://{_file_store_folder / 'store'}", rank=0, world_size=1)
+            except BaseException:
+                shutdown()
+                raise
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
@@ -87,6 +99,10 @@ def shutdown() -> None:
     """A barrier, then tear the group down (two-rank CPU runs can abort at exit without it)."""
     import torch.distributed as dist
 
+    global _file_store_folder
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+    if _file_store_folder is not None:
+        shutil.rmtree(_file_store_folder, ignore_errors=True)
+        _file_store_folder = None
