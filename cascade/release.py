@@ -3,7 +3,7 @@
 A release of one diffusion stage is a folder::
 
     config.yaml          the StageConfig (typed; unknown keys are an error)
-    model.safetensors    the trained weights
+    model.safetensors    the trained weights (left out by ``--ema-only``)
     ema.safetensors      their exponential moving average (what rendering uses by default)
     release.json         {"kind": "diffusion", "step": N, "dtype": "bf16"}
 
@@ -57,8 +57,11 @@ def _module_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
     return state["module"]
 
 
-def export_run(source: Path, out: Path, dtype: str = "bf16") -> Path:
-    """Write the release folder of a diffusion-stage training run (its newest checkpoint, or the one given)."""
+def export_run(source: Path, out: Path, dtype: str = "bf16", ema_only: bool = False) -> Path:
+    """Write the release folder of a diffusion-stage training run (its newest checkpoint, or the one given).
+
+    ``ema_only`` writes just the EMA weights that rendering loads: half the bytes, for shipping.
+    """
     from safetensors.torch import load_file, save_file
 
     from cascade.training.config import TrainConfig
@@ -69,11 +72,14 @@ def export_run(source: Path, out: Path, dtype: str = "bf16") -> Path:
     if not (run / "config.yaml").is_file():
         raise UserError(f"{run} has no config.yaml: is it a run folder of train_stage.py?")
     config = load_yaml(TrainConfig, run / "config.yaml")
-    model = _module_weights(checkpoint)
-    ema = load_file(str(checkpoint / "ema.safetensors"))
+    releases = {"ema": load_file(str(checkpoint / "ema.safetensors"))}
+    if not ema_only:
+        releases["model"] = _module_weights(checkpoint)
     cast = DTYPES[dtype]
     out.mkdir(parents=True, exist_ok=True)
-    for name, weights in (("model", model), ("ema", ema)):
+    if ema_only and (out / "model.safetensors").exists():
+        (out / "model.safetensors").unlink()  # a stale one from an earlier export would not match the EMA
+    for name, weights in releases.items():
         tensors = {k: v.to(cast).contiguous() if v.is_floating_point() else v.contiguous() for k, v in weights.items()}
         with atomic_output(out / f"{name}.safetensors") as tmp:
             save_file(tensors, str(tmp))
@@ -102,7 +108,8 @@ def load_stage(folder: Path, *, ema: bool = True, dtype: torch.dtype = torch.flo
     config = load_yaml(StageConfig, folder / "config.yaml")
     weights_path = folder / ("ema.safetensors" if ema else "model.safetensors")
     if not weights_path.is_file():
-        raise UserError(f"missing weights file {weights_path}")
+        hint = " (the release was exported with --ema-only)" if not ema and (folder / "ema.safetensors").is_file() else ""
+        raise UserError(f"missing weights file {weights_path}{hint}")
     stage = DiffusionStage(config)
     weights = load_file(str(weights_path))
     expected = stage.state_dict()

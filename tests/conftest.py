@@ -68,7 +68,8 @@ def tiny_cascade(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for stage, preset in (("base", "tiny-base16"), ("sr256", "tiny-sr32")):
         config = tiny_config(work / f"{stage}.yaml", preset, shards, clip)
         run_command(TRAIN + ["--stage", stage, "--config", str(config), "--out", str(work / f"run-{stage}"), "--max-steps", "3"], ROOT)
-        run_command(CASCADE + ["export", str(work / f"run-{stage}"), "--out", str(release / stage)], ROOT)
+        only_ema = ["--ema-only"] if stage == "sr256" else []  # as the shipped releases are exported
+        run_command(CASCADE + ["export", str(work / f"run-{stage}"), "--out", str(release / stage), *only_ema], ROOT)
     shutil.copytree(clip, release / "clip")
     (release / "cascade.yaml").write_text(
         "text_encoder: clip:local-dir:clip\nbase: base\nsuper_resolution: [sr256]\n"

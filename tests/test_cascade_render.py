@@ -64,3 +64,15 @@ def test_empty_prompt_and_missing_checkpoint(tmp_path: Path) -> None:
     ):
         result = subprocess.run(CASCADE + ["render", *args], cwd=tmp_path, capture_output=True, text=True)
         assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_an_ema_only_release_renders_and_says_what_it_lacks(tiny_cascade: Path) -> None:
+    from cascade.errors import UserError
+    from cascade.release import load_stage
+
+    assert (tiny_cascade / "base" / "model.safetensors").is_file()
+    assert not (tiny_cascade / "sr256" / "model.safetensors").exists()
+    ema = load_stage(tiny_cascade / "sr256")
+    assert sum(p.numel() for p in ema.parameters()) > 0
+    with pytest.raises(UserError, match="exported with --ema-only"):
+        load_stage(tiny_cascade / "sr256", ema=False)
