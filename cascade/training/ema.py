@@ -9,8 +9,19 @@ import torch
 from torch import nn
 
 
+def warmed_up_decay(decay: float, step: int) -> float:
+    """The decay used at optimizer step ``step`` (1-based): min(decay, (1 + step) / (10 + step)).
+
+    Early on the average follows the weights closely; a fixed 0.999 would still hold
+    0.999^1000 = 37% of the random initial weights after 1000 steps. Over steps a..b the warm-up
+    keeps about ((10 + a) / (10 + b))^9 of what the average held at step a.
+    """
+    return min(decay, (1.0 + step) / (10.0 + step))
+
+
 class EMA:
-    """ema <- decay * ema + (1 - decay) * weights, for every floating-point parameter and buffer."""
+    """ema <- d * ema + (1 - d) * weights, for every floating-point parameter and buffer, with the
+    decay d warmed up by :func:`warmed_up_decay`."""
 
     def __init__(self, module: nn.Module, decay: float) -> None:
         self.decay = decay
@@ -19,10 +30,12 @@ class EMA:
         }
 
     @torch.no_grad()
-    def update(self, module: nn.Module) -> None:
+    def update(self, module: nn.Module, step: int) -> None:
+        """Average in the weights after optimizer step ``step`` (1-based)."""
+        weight = 1.0 - warmed_up_decay(self.decay, step)
         current = module.state_dict()
         for name, shadow in self.shadow.items():
-            shadow.lerp_(current[name].detach().float(), 1.0 - self.decay)
+            shadow.lerp_(current[name].detach().float(), weight)
 
     def copy_to(self, module: nn.Module) -> None:
         """Load the averaged weights into ``module`` (in its own dtype)."""

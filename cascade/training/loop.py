@@ -108,7 +108,7 @@ def train(task: TrainTask, config: TrainConfig, dist: DistInfo, out_dir: Path, m
                 engine.step()
                 window.append(loss.item())
             step += 1
-            ema.update(engine.module)
+            ema.update(engine.module, step)
             last_loss = window[-1]
             progress.update(1)
             progress.set_postfix(loss=f"{last_loss:.4f}")
