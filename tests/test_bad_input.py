@@ -235,3 +235,12 @@ def test_a_config_that_is_not_utf8(tmp_path: Path, capsys) -> None:
     config = tmp_path / "latin1.yaml"
     config.write_bytes("max_steps: 10 # caf\xe9\n".encode("latin-1"))
     one_line_error(capsys, train_main(["--stage", "base", "--config", str(config)]))
+
+
+@pytest.mark.parametrize("module", ["clip_eval", "prior_eval"])
+def test_an_evaluation_too_small_for_retrieval_is_one_line(module: str, capsys) -> None:
+    import importlib
+
+    main = importlib.import_module(f"cascade.evaluation.{module}").main
+    error = one_line_error(capsys, main(["--count", "20"]), module)
+    assert "--count 20 is too small" in error and "100 candidates" in error

@@ -14,9 +14,7 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +43,15 @@ def retrieval_ranks(queries: torch.Tensor, images: torch.Tensor, candidates: int
         own = similarity.diagonal()[:, None]  # [C, 1]
         ranks.append(1 + (similarity > own).sum(dim=1))  # [C]
     return torch.cat(ranks)
+
+
+def check_retrieval_count(count: int, candidates: int) -> None:
+    """A user's ``--count`` must fill at least one group of retrieval candidates."""
+    from cascade.errors import UserError
+
+    if candidates < 2 or count < candidates:
+        raise UserError(f"--count {count} is too small: retrieval ranks among {candidates} candidates needs at least "
+                        f"{candidates} scenes")
 
 
 def retrieval_summary(ranks: torch.Tensor, candidates: int) -> dict[str, float]:
@@ -86,6 +93,7 @@ def text_embedder(encoder: Any, batch_size: int = 512) -> Any:
 def evaluate_clip(clip_dir: Path, split: str = "eval", count: int = 1000, candidates: int = 100,
                   attributes: tuple[str, ...] = ATTRIBUTES) -> dict[str, Any]:
     """Retrieval and zero-shot figures of the CLIP in ``clip_dir`` on scenes 0 .. count - 1 of ``split``."""
+    check_retrieval_count(count, candidates)
     from cascade.clip_image import load_clip_image_encoder
     from cascade.text import load_text_encoder
 
@@ -120,24 +128,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--candidates", type=int, default=100, help="retrieval candidates (default 100)")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
-    from cascade.errors import UserError
+    from cascade.evaluation.report import evaluate_and_report
     from cascade.training.engine import resolve_path
 
-    started = time.perf_counter()
-    try:
-        results = [evaluate_clip(resolve_path(str(args.clip)), split, args.count, args.candidates) for split in args.split]
-    except UserError as error:
-        print(f"clip_eval: error: {error}", file=sys.stderr)
-        return 2
-    for result in results:
-        print_report(result)
-    if args.json:
-        from cascade.fileio import atomic_write_text
-
-        payload = {"results": results, "seconds": time.perf_counter() - started}
-        atomic_write_text(args.json, json.dumps(payload, indent=2) + "\n")
-        print(f"wrote {args.json}")
-    return 0
+    clip = resolve_path(str(args.clip))
+    return evaluate_and_report(
+        "clip_eval", lambda: [evaluate_clip(clip, split, args.count, args.candidates) for split in args.split],
+        print_report, args.json)
 
 
 if __name__ == "__main__":

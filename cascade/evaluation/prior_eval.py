@@ -16,16 +16,14 @@ prior given the caption. Reported for the prior and the baseline:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from cascade.evaluation.clip_eval import retrieval_ranks, retrieval_summary
+from cascade.evaluation.clip_eval import check_retrieval_count, retrieval_ranks, retrieval_summary
 from cascade.evaluation.world_cases import render_scenes, scene_captions, world_scenes
 
 
@@ -57,6 +55,7 @@ def evaluate_prior(prior_dir: Path, split: str = "eval", count: int = 1000, *, c
                    steps: int = 16, guidances: tuple[float, ...] = (1.0,), sampler: str = "ddim",
                    best_of: tuple[int, ...] = (1,), clip_dir: Path | None = None) -> dict[str, Any]:
     """The prior in ``prior_dir`` (release or run folder) on scenes 0 .. count - 1 of ``split``."""
+    check_retrieval_count(count, candidates)
     from cascade.clip_image import load_clip_image_encoder
     from cascade.text import load_text_encoder
     from cascade.training.prior_task import clip_folder_of, load_prior
@@ -103,28 +102,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="draw k per caption, keep the closest to the text embedding (default 1)")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
-    from cascade.errors import UserError
+    from cascade.evaluation.report import evaluate_and_report
     from cascade.training.engine import resolve_path
 
-    started = time.perf_counter()
     clip = resolve_path(str(args.clip)) if args.clip else None
-    try:
-        results = [evaluate_prior(resolve_path(str(args.prior)), split, args.count, steps=args.steps,
-                                  guidances=tuple(args.guidance), sampler=args.sampler,
-                                  best_of=tuple(args.best_of), clip_dir=clip)
-                   for split in args.split]
-    except UserError as error:
-        print(f"prior_eval: error: {error}", file=sys.stderr)
-        return 2
-    for result in results:
-        print_report(result)
-    if args.json:
-        from cascade.fileio import atomic_write_text
-
-        payload = {"results": results, "seconds": time.perf_counter() - started}
-        atomic_write_text(args.json, json.dumps(payload, indent=2) + "\n")
-        print(f"wrote {args.json}")
-    return 0
+    prior = resolve_path(str(args.prior))
+    return evaluate_and_report(
+        "prior_eval",
+        lambda: [evaluate_prior(prior, split, args.count, steps=args.steps, guidances=tuple(args.guidance),
+                                sampler=args.sampler, best_of=tuple(args.best_of), clip_dir=clip)
+                 for split in args.split],
+        print_report, args.json)
 
 
 if __name__ == "__main__":

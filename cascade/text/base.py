@@ -21,6 +21,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -174,3 +175,35 @@ class TextEncoder(ABC):
     def __repr__(self) -> str:
         sizes = f"dim={self.dim}, pooled_dim={self.pooled_dim}, max_length={self.max_length}"
         return f"{type(self).__name__}({self.name!r}, {sizes})"
+
+
+class ModelTextEncoder(TextEncoder):
+    """A text encoder around one torch model and its tokenizer, with fixed widths and length."""
+
+    def __init__(self, model: Any, tokenizer: Any, *, name: str, max_length: int, dim: int, pooled_dim: int) -> None:
+        super().__init__(name)
+        self.model = model
+        self.tokenizer = tokenizer
+        self._max_length = max_length
+        self._dim = dim
+        self._pooled_dim = pooled_dim
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def pooled_dim(self) -> int:
+        return self._pooled_dim
+
+    @property
+    def max_length(self) -> int:
+        return self._max_length
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype

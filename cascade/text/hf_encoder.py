@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from cascade.errors import UserError
-from cascade.text.base import TextEmbedding, TextEncoder
+from cascade.text.base import ModelTextEncoder, TextEmbedding
 
 #: T5-family ``model_type`` -> the ``transformers`` class that holds only the encoder.
 T5_ENCODER_CLASSES: dict[str, str] = {"t5": "T5EncoderModel", "mt5": "MT5EncoderModel", "umt5": "UMT5EncoderModel"}
@@ -38,35 +38,12 @@ _HUGE = 1_000_000
 _INDEX = re.compile(r"\.\d+\.")
 
 
-class HFTextEncoder(TextEncoder):
+class HFTextEncoder(ModelTextEncoder):
     """A frozen ``transformers`` encoder and its tokenizer (see the module docstring)."""
 
     def __init__(self, model: Any, tokenizer: Any, *, name: str, max_length: int) -> None:
-        super().__init__(name)
-        self.model = model
-        self.tokenizer = tokenizer
-        self._max_length = max_length
-        self._dim = int(model.config.hidden_size)
-
-    @property
-    def dim(self) -> int:
-        return self._dim
-
-    @property
-    def pooled_dim(self) -> int:
-        return self._dim
-
-    @property
-    def max_length(self) -> int:
-        return self._max_length
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
+        width = int(model.config.hidden_size)
+        super().__init__(model, tokenizer, name=name, max_length=max_length, dim=width, pooled_dim=width)
 
     def _encode(self, prompts: list[str]) -> TextEmbedding:
         full = self.tokenizer(prompts, truncation=False, verbose=False)["input_ids"]

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from cascade.errors import UserError
-from cascade.text.base import TextEmbedding, TextEncoder
+from cascade.text.base import ModelTextEncoder, TextEmbedding
 
 #: Weight files looked for in a ``local-dir:`` folder, preferred first (as open_clip does).
 PREFERRED_WEIGHTS: tuple[str, ...] = (
@@ -49,49 +49,25 @@ PREFERRED_WEIGHTS: tuple[str, ...] = (
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")
 
 
-class OpenClipTextEncoder(TextEncoder):
+class OpenClipTextEncoder(ModelTextEncoder):
     """The text tower of an open_clip model (see the module docstring)."""
 
     def __init__(self, model: nn.Module, tokenizer: Any, *, name: str, max_length: int | None = None) -> None:
-        super().__init__(name)
-        self.model = model
-        self.tokenizer = tokenizer
         tower = _text_tower(model)
         self._ln_final: nn.Module = tower.ln_final
         self.context_length = int(tower.context_length)
-        self._max_length = self.context_length if max_length is None else max_length
-        if not 2 <= self._max_length <= self.context_length:
-            raise UserError(
-                f"max_length {max_length} must be between 2 and the CLIP context length {self.context_length}"
-            )
-        self._dim = int(tower.ln_final.normalized_shape[0])
+        max_length = self.context_length if max_length is None else max_length
+        if not 2 <= max_length <= self.context_length:
+            raise UserError(f"max_length {max_length} must be between 2 and the CLIP context length {self.context_length}")
+        width = int(tower.ln_final.normalized_shape[0])
         projection = tower.text_projection
         if projection is None:
-            self._pooled_dim = self._dim
+            pooled_width = width
         elif isinstance(projection, nn.Linear):
-            self._pooled_dim = int(projection.out_features)
+            pooled_width = int(projection.out_features)
         else:
-            self._pooled_dim = int(projection.shape[1])
-
-    @property
-    def dim(self) -> int:
-        return self._dim
-
-    @property
-    def pooled_dim(self) -> int:
-        return self._pooled_dim
-
-    @property
-    def max_length(self) -> int:
-        return self._max_length
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
+            pooled_width = int(projection.shape[1])
+        super().__init__(model, tokenizer, name=name, max_length=max_length, dim=width, pooled_dim=pooled_width)
 
     def _encode(self, prompts: list[str]) -> TextEmbedding:
         tok = self.tokenizer
