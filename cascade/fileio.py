@@ -35,9 +35,11 @@ def atomic_output(path: Path | str) -> Iterator[Path]:
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
     os.close(fd)
     tmp = Path(name)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
     try:
         yield tmp
+        # mkstemp makes 0600, and writers that recreate the file (safetensors) keep that: give the
+        # file the usual permissions before it takes its name.
+        os.chmod(tmp, 0o666 & ~_umask())
         fsync_and_replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
