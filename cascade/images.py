@@ -50,6 +50,16 @@ def save_png(path: Path, image: np.ndarray, text: dict[str, str] | None = None) 
 VIDEO_SUFFIXES = (".gif", ".mp4")
 
 
+def gif_durations(count: int, fps: int) -> list[int]:
+    """Per-frame GIF delays in ms that sum to exactly ``count / fps`` s (to GIF's 10 ms units).
+
+    GIF stores whole centiseconds: 8 fps as 12.5 cs a frame would round every frame the same way
+    and drift; rounding the frame boundaries instead gives 120, 130, 120, 130 ... ms.
+    """
+    edges = [round(k * 100 / fps) for k in range(count + 1)]  # centiseconds
+    return [10 * (b - a) for a, b in zip(edges, edges[1:])]
+
+
 def save_video(path: Path, frames: np.ndarray, fps: int = 8) -> None:
     """Write uint8 frames [F, H, W, 3] as GIF (looping) or MP4 (H.264 through imageio's ffmpeg)."""
     import imageio.v3 as iio
@@ -61,6 +71,6 @@ def save_video(path: Path, frames: np.ndarray, fps: int = 8) -> None:
         raise UserError(f"fps must be between 1 and 120, got {fps}")
     with atomic_output(path) as tmp:
         if suffix == ".gif":
-            iio.imwrite(tmp, frames, extension=".gif", duration=1000 / fps, loop=0)
+            iio.imwrite(tmp, frames, extension=".gif", duration=gif_durations(len(frames), fps), loop=0)
         else:
             iio.imwrite(tmp, frames, extension=".mp4", fps=fps, codec="libx264", macro_block_size=1)
