@@ -62,3 +62,23 @@ def test_bad_video_requests(tiny_video_cascade: Path, tmp_path: Path, args: list
                                        *args], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 2 and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_batch_job_of_clips_matches_single_renders_and_resumes(tiny_video_cascade: Path, tmp_path: Path) -> None:
+    prompts = tmp_path / "clips.txt"
+    prompts.write_text("three glass spheres falling into the ocean at sunset\na red cube moving left in the desert\n")
+    command = CASCADE + ["batch", "--video", "--frames", "4", "--prompts", str(prompts), "--checkpoint",
+                         str(tiny_video_cascade), "--per-prompt", "2", "--batch-size", "3"]
+    first = run_command(command + ["--out", str(tmp_path / "a")], ROOT)
+    assert "done 4, skipped as already done 0, failed 0" in first.stdout
+    rows = [json.loads(line) for line in (tmp_path / "a" / "manifest.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all(row["file"].endswith(".gif") for row in rows)
+    for row in rows:
+        stored, milliseconds = gif_frames_and_milliseconds(tmp_path / "a" / row["file"])
+        assert 1 <= stored <= 4 and milliseconds > 0
+    again = run_command(command + ["--out", str(tmp_path / "a")], ROOT)
+    assert "done 0, skipped as already done 4, failed 0" in again.stdout
+    one_by_one = run_command(command[:-1] + ["1", "--out", str(tmp_path / "b")], ROOT)  # batch size 1
+    assert "failed 0" in one_by_one.stdout
+    for row in rows:
+        assert (tmp_path / "b" / row["file"]).read_bytes() == (tmp_path / "a" / row["file"]).read_bytes()
