@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -71,13 +70,6 @@ def autocast(device: torch.device | str = "cpu", enabled: bool = True) -> contex
     if not enabled or dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
-
-
-@contextlib.contextmanager
-def inference(device: torch.device | str = "cpu") -> Iterator[None]:
-    """``torch.inference_mode`` and :func:`autocast` together (for modules left in float32)."""
-    with torch.inference_mode(), autocast(device):
-        yield
 
 
 def to_channels_last(x: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,6 @@ other prompts share its batch.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -40,12 +39,9 @@ class RenderSettings:
 
 def compute_context() -> object:
     """bf16 autocast where the CPU has fast bf16 (AMX / AVX512-BF16), else nothing."""
-    try:
-        from cascade.device import autocast
+    from cascade.device import autocast
 
-        return autocast()
-    except ImportError:
-        return nullcontext()
+    return autocast()
 
 
 class Cascade:
