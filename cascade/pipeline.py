@@ -172,7 +172,7 @@ class Cascade:
         out = sample(settings.sampler, denoiser, noise, stage.schedule, steps, generator=generator,
                      callback=lambda *_: bar.update(1))
         bar.close()
-        return out.float().clamp(-1, 1)
+        return stage.to_image(out, cond).float().clamp(-1, 1)
 
     def run_base(self, stage: DiffusionStage, text: Conditioning, generators: list[torch.Generator],
                  settings: RenderSettings, frames: int | None, progress: bool) -> torch.Tensor:

@@ -38,6 +38,12 @@ class StageConfig:
     ``resolution`` is the output size; super-resolution stages also name ``low_resolution``, the
     size of the image they refine. ``frames`` > 1 makes a video stage (the U-Net needs temporal layers).
     Noise augmentation levels are fractions of the schedule's time range.
+
+    ``residual_scale`` (super-resolution only): diffuse the residual ``(x_hi - up(x_lo)) / residual_scale``
+    instead of the image itself, ``up`` being the bicubic upsampling of the low-res input (Li et al. 2022,
+    "SRDiff", section 3.2). The network then only has to draw the detail the low-res image lacks; a value
+    near the residual's standard deviation over the data's (about 0.125 for the shapes world) gives the
+    residual the spread of an image. None diffuses the image.
     """
 
     name: str = "base64"
@@ -52,6 +58,7 @@ class StageConfig:
     image_drop_prob: float = 0.1
     max_train_aug: float = 0.5
     sample_aug: float = 0.1
+    residual_scale: float | None = None
     unet: UNetConfig = field(default_factory=UNetConfig)
 
     def __post_init__(self) -> None:
@@ -65,6 +72,8 @@ class StageConfig:
             raise ValueError(f"low_resolution must be between 1 and resolution, got {self.low_resolution}")
         if self.frames < 1 or (self.frames > 1 and not self.unet.temporal):
             raise ValueError("frames must be >= 1, and a video stage (frames > 1) needs unet.temporal")
+        if self.residual_scale is not None and (self.low_resolution is None or not self.residual_scale > 0):
+            raise ValueError("residual_scale must be > 0 and belongs to super-resolution stages only")
         for name in ("text_drop_prob", "image_drop_prob", "max_train_aug", "sample_aug"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
@@ -102,7 +111,7 @@ class DiffusionStage(nn.Module):
     # ------------------------------------------------------------------ conditioning
 
     def upsampled_low_res(self, low_res: torch.Tensor, size: int | None = None) -> torch.Tensor:
-        """Low-res images [B, 3, h, w] (or clips [B, F, 3, h, w]) bilinearly resized to ``size``
+        """Low-res images [B, 3, h, w] (or clips [B, F, 3, h, w]) bicubically resized to ``size``
         (default: the stage's resolution; training on crops passes the crop's size)."""
         size = size or self.config.resolution
         if low_res.ndim == 5:
@@ -110,7 +119,7 @@ class DiffusionStage(nn.Module):
             return self.upsampled_low_res(low_res.flatten(0, 1), size).reshape(b, f, 3, size, size)
         if low_res.shape[-1] == size:
             return low_res
-        return F.interpolate(low_res, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
+        return F.interpolate(low_res, size=(size, size), mode="bicubic", align_corners=False)
 
     def augmented(
         self, cond: Conditioning, aug_t: torch.Tensor, generator: Generators, noise: torch.Tensor | None = None,
@@ -125,7 +134,29 @@ class DiffusionStage(nn.Module):
         if noise is None:
             noise = randn(low.shape, generator, dtype=low.dtype, device=low.device)
         noisy = q_sample(low, aug_t, self.schedule, noise.to(low.dtype))
-        return replace(cond, low_res=noisy, aug_level=self.model_time(aug_t).to(low.device))
+        return replace(cond, low_res=noisy, aug_level=self.model_time(aug_t).to(low.device), low_res_clean=low)
+
+    # ------------------------------------------------------------------ residual super-resolution
+
+    @property
+    def diffuses_residual(self) -> bool:
+        return self.config.residual_scale is not None
+
+    def to_diffused(self, x0: torch.Tensor, upsampled: torch.Tensor) -> torch.Tensor:
+        """Images [B, 3, H, W] (or clips) -> what the stage diffuses: the image, or its scaled residual
+        over ``upsampled`` (the bicubically upsampled low-res input, same shape)."""
+        if not self.diffuses_residual:
+            return x0
+        return (x0 - upsampled.to(x0.dtype)) / self.config.residual_scale
+
+    def to_image(self, sample: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """The inverse of :meth:`to_diffused` for a sampler's output [B, ...], with ``cond`` from :meth:`augmented`."""
+        if not self.diffuses_residual:
+            return sample
+        if cond.low_res_clean is None:
+            raise UserError(f"stage {self.config.name!r} needs the low-resolution input from stage.augmented()")
+        upsampled = cond.low_res_clean.to(sample.dtype).reshape(sample.shape)
+        return upsampled + self.config.residual_scale * sample
 
     def _dropped(self, cond: Conditioning, batch: int, generator: torch.Generator | None) -> Conditioning:
         """Conditioning dropout for classifier-free guidance."""
@@ -142,6 +173,8 @@ class DiffusionStage(nn.Module):
         ``generator`` so that a resumed run draws exactly what an uninterrupted one would.
         """
         batch = x0.shape[0]
+        if self.diffuses_residual:
+            x0 = self.to_diffused(x0, self.upsampled_low_res(cond.low_res, x0.shape[-1]))
         t = self.random_times(batch, generator)
         noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
         x_t = q_sample(x0, t, self.schedule, noise)
@@ -158,15 +191,26 @@ class DiffusionStage(nn.Module):
 
     def denoiser(self, cond: Conditioning, guidance: float = 1.0, threshold: str | None = None) -> Denoiser:
         """The x0-denoiser samplers call, conditioned on ``cond``, with classifier-free guidance scale
-        ``guidance`` (one batched forward for both halves) and ``threshold`` None, "static" or "dynamic"."""
-        den = conditioned_denoiser(self.network, cond, self.schedule, self.config.prediction, guidance)
-        if threshold == "dynamic":
-            return dynamic_threshold(den)
-        if threshold == "static":
-            return static_clip(den)
-        if threshold is not None:
+        ``guidance`` (one batched forward for both halves) and ``threshold`` None, "static" or "dynamic".
+
+        A stage that diffuses residuals gets a denoiser of residuals (map its samples back with
+        :meth:`to_image`); thresholds then act on the image the residual estimate implies.
+        """
+        if threshold not in (None, "static", "dynamic"):
             raise UserError(f"unknown threshold {threshold!r} (choose from: static, dynamic)")
-        return den
+        den = conditioned_denoiser(self.network, cond, self.schedule, self.config.prediction, guidance)
+        if threshold is None:
+            return den
+        clip = dynamic_threshold if threshold == "dynamic" else static_clip
+        if not self.diffuses_residual:
+            return clip(den)
+        clipped_image = clip(lambda x_t, t: self.to_image(den(x_t, t), cond))
+
+        def residual(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            upsampled = cond.low_res_clean.to(x_t.dtype).reshape(x_t.shape)
+            return (clipped_image(x_t, t) - upsampled) / self.config.residual_scale
+
+        return residual
 
 
 def conditioned_denoiser(network: nn.Module, cond: Conditioning, schedule: NoiseSchedule, prediction: str,

@@ -16,7 +16,8 @@ class Conditioning:
     - ``image_embed`` [B, E]: a CLIP image embedding (unCLIP), added and turned into extra tokens;
     - ``low_res`` [B, C, H, W] (or [B, F, C, H, W]): the low-resolution image already resized to the
       output size (super-resolution stages), and ``aug_level`` [B]: the noise-augmentation time it was
-      corrupted with, in the same units as t;
+      corrupted with, in the same units as t; ``low_res_clean``: the same resized image before that
+      corruption (a stage that predicts a residual adds it to its estimate; the network never sees it);
     - ``drop_text`` / ``drop_image`` [B] bool: use the learned "no condition" values instead
       (conditioning dropout in training; the unconditional half of classifier-free guidance);
     - ``video_mask`` [B] bool: for 5-D input, which samples are clips (False: F independent images).
@@ -28,6 +29,7 @@ class Conditioning:
     image_embed: torch.Tensor | None = None
     low_res: torch.Tensor | None = None
     aug_level: torch.Tensor | None = None
+    low_res_clean: torch.Tensor | None = None
     drop_text: torch.Tensor | None = None
     drop_image: torch.Tensor | None = None
     video_mask: torch.Tensor | None = None

@@ -167,7 +167,7 @@ class DiffusionTask:
             cond = Conditioning(**{**cond.__dict__, "video_mask": torch.ones(len(captions), dtype=torch.bool)})
         guidance = config.sample_guidance if self.encoder is not None else 1.0
         denoiser = module.denoiser(cond, guidance=guidance, threshold="dynamic")
-        images = sample("dpmpp-2m", denoiser, noise, module.schedule, config.sample_steps)
+        images = module.to_image(sample("dpmpp-2m", denoiser, noise, module.schedule, config.sample_steps), cond)
         out_dir.mkdir(parents=True, exist_ok=True)
         if config.stage.frames > 1:
             frames = to_uint8(images)  # [B, F, H, W, 3]
