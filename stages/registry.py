@@ -51,14 +51,14 @@ PRESETS: dict[str, StageConfig] = {
     # drew worse than bilinear upsampling (docs/training.md).
     "shapes-sr256": StageConfig(
         name="sr256", resolution=256, low_resolution=64, schedule=ScheduleConfig("cosine"),
-        max_train_aug=0.3, sample_aug=0.05, residual_scale=0.125,
+        max_train_aug=0.3, sample_aug=0.05, residual_scale=0.125, loss_weighting="none",
         unet=UNetConfig(base_channels=32, channel_mults=(1, 2, 4), res_blocks=(1, 2, 2),
                         attention_levels=(False, False, False), head_dim=32, text_dim=None, pooled_dim=None,
                         low_res_channels=3, noise_augmentation=True),
     ),
     "shapes-sr1024": StageConfig(
         name="sr1024", resolution=1024, low_resolution=256, schedule=ScheduleConfig("cosine"),
-        max_train_aug=0.3, sample_aug=0.05, residual_scale=0.125,
+        max_train_aug=0.3, sample_aug=0.05, residual_scale=0.125, loss_weighting="none",
         unet=UNetConfig(base_channels=16, channel_mults=(1, 2, 4), res_blocks=(1, 1, 2),
                         attention_levels=(False, False, False), head_dim=32, text_dim=None, pooled_dim=None,
                         low_res_channels=3, noise_augmentation=True),

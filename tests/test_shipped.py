@@ -43,3 +43,13 @@ def test_the_shipped_base_stage_draws_the_time_and_ground_it_is_asked_for() -> N
     for attribute in ("time", "ground"):
         right = np.mean([s[attribute] for s in scores if s[attribute] is not None])
         assert right >= 0.75, (attribute, scores)
+
+
+def test_the_shipped_super_resolution_stage_beats_bicubic_upsampling() -> None:
+    """From true 64 px world renders, the 256 px stage lands closer to the true 256 px render than bicubic."""
+    from cascade.evaluation.sr_fidelity import sr_fidelity
+    from cascade.pipeline import Cascade
+
+    cascade = Cascade.load(DEFAULT_CASCADE, size=256)
+    (result,) = sr_fidelity(cascade, "eval", n=4, batch_size=4)
+    assert result["psnr"] > result["bicubic_psnr"] + 1.0, result
