@@ -153,10 +153,13 @@ class DiffusionStage(nn.Module):
         """The inverse of :meth:`to_diffused` for a sampler's output [B, ...], with ``cond`` from :meth:`augmented`."""
         if not self.diffuses_residual:
             return sample
+        return self._upsampled_like(cond, sample) + self.config.residual_scale * sample
+
+    def _upsampled_like(self, cond: Conditioning, x: torch.Tensor) -> torch.Tensor:
+        """``cond.low_res_clean`` in x's dtype and shape (clips refined frame by frame come flattened)."""
         if cond.low_res_clean is None:
             raise UserError(f"stage {self.config.name!r} needs the low-resolution input from stage.augmented()")
-        upsampled = cond.low_res_clean.to(sample.dtype).reshape(sample.shape)
-        return upsampled + self.config.residual_scale * sample
+        return cond.low_res_clean.to(x.dtype).reshape(x.shape)
 
     def _dropped(self, cond: Conditioning, batch: int, generator: torch.Generator | None) -> Conditioning:
         """Conditioning dropout for classifier-free guidance."""
@@ -173,15 +176,14 @@ class DiffusionStage(nn.Module):
         ``generator`` so that a resumed run draws exactly what an uninterrupted one would.
         """
         batch = x0.shape[0]
-        if self.diffuses_residual:
-            x0 = self.to_diffused(x0, self.upsampled_low_res(cond.low_res, x0.shape[-1]))
         t = self.random_times(batch, generator)
         noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
-        x_t = q_sample(x0, t, self.schedule, noise)
         cond = self._dropped(cond, batch, generator)
         if self.config.is_super_resolution:
             aug_t = self.random_times(batch, generator, self.config.max_train_aug)
             cond = self.augmented(cond, aug_t, generator, size=x0.shape[-1])
+            x0 = self.to_diffused(x0, cond.low_res_clean)  # residual stages diffuse the residual
+        x_t = q_sample(x0, t, self.schedule, noise)
         output = self.network(x_t, self.model_time(t).to(x0.device), cond)
         alpha, sigma = self.schedule.alpha_sigma(t)
         c = self.config
@@ -205,7 +207,7 @@ class DiffusionStage(nn.Module):
         if not self.diffuses_residual:
             return clip(den)
         clipped_image = clip(lambda x_t, t: self.to_image(den(x_t, t), cond))
-        return lambda x_t, t: self.to_diffused(clipped_image(x_t, t), cond.low_res_clean.reshape(x_t.shape))
+        return lambda x_t, t: self.to_diffused(clipped_image(x_t, t), self._upsampled_like(cond, x_t))
 
 
 def conditioned_denoiser(network: nn.Module, cond: Conditioning, schedule: NoiseSchedule, prediction: str,
