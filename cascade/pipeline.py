@@ -170,7 +170,7 @@ class Cascade:
         denoiser = stage.denoiser(cond, guidance=settings.guidance[index], threshold=settings.threshold)
         generator = generators if spec.stochastic else None
         out = sample(settings.sampler, denoiser, noise, stage.schedule, steps, generator=generator,
-                     callback=lambda *_: bar.update(1))
+                     frame_correlation=stage.config.frame_noise_correlation, callback=lambda *_: bar.update(1))
         bar.close()
         return stage.to_image(out, cond).float().clamp(-1, 1)
 
@@ -181,7 +181,7 @@ class Cascade:
         if frames is None:
             noise = randn((len(generators), 3, size, size), generators)
             return self._sample(stage, text, noise, 0, settings, generators, progress)
-        noise = randn((len(generators), frames, 3, size, size), generators)
+        noise = stage.clip_noise(randn((len(generators), frames, 3, size, size), generators))
         cond = replace(text, video_mask=torch.ones(len(generators), dtype=torch.bool))
         return self._sample(stage, cond, noise, 0, settings, generators, progress)
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cascade.diffusion.forward import q_sample
+from cascade.diffusion.frame_noise import check_frame_correlation, mix_frame_noise
 from cascade.diffusion.losses import simple_loss
 from cascade.diffusion.schedules import NoiseSchedule, build_schedule
 from cascade.diffusion.timing import network_time, uniform_times
@@ -44,6 +45,10 @@ class StageConfig:
     "SRDiff", section 3.2). The network then only has to draw the detail the low-res image lacks. The
     ratio of the residual's standard deviation to the images' (about 0.125 in the shapes world at 256 px,
     0.08 at 1024 px) gives the scaled residual the spread of an image. None diffuses the image.
+
+    ``frame_noise_correlation`` (video stages): the correlation between the noise of any two frames of
+    a clip, in training and sampling alike (:mod:`cascade.diffusion.frame_noise`); 0 draws every
+    frame's noise independently.
     """
 
     name: str = "base64"
@@ -59,6 +64,7 @@ class StageConfig:
     max_train_aug: float = 0.5
     sample_aug: float = 0.1
     residual_scale: float | None = None
+    frame_noise_correlation: float = 0.0
     unet: UNetConfig = field(default_factory=UNetConfig)
 
     def __post_init__(self) -> None:
@@ -74,6 +80,7 @@ class StageConfig:
             raise ValueError("frames must be >= 1, and a video stage (frames > 1) needs unet.temporal")
         if self.residual_scale is not None and (self.low_resolution is None or not self.residual_scale > 0):
             raise ValueError("residual_scale must be > 0 and belongs to super-resolution stages only")
+        check_frame_correlation(self.frame_noise_correlation)
         for name in ("text_drop_prob", "image_drop_prob", "max_train_aug", "sample_aug"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
@@ -107,6 +114,11 @@ class DiffusionStage(nn.Module):
     def aug_time(self, fraction: float) -> float:
         """The schedule time of a noise-augmentation level given as a fraction of the time range."""
         return self.schedule.t_min + fraction * (self.schedule.t_max - self.schedule.t_min)
+
+    def clip_noise(self, noise: torch.Tensor) -> torch.Tensor:
+        """Independent N(0, I) draws [B, F, 3, H, W] -> the stage's noise for clips (frames correlated
+        by ``frame_noise_correlation``); images [B, 3, H, W] pass unchanged."""
+        return mix_frame_noise(noise, self.config.frame_noise_correlation)
 
     # ------------------------------------------------------------------ conditioning
 
@@ -177,7 +189,7 @@ class DiffusionStage(nn.Module):
         """
         batch = x0.shape[0]
         t = self.random_times(batch, generator)
-        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+        noise = self.clip_noise(torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device))
         cond = self._dropped(cond, batch, generator)
         if self.config.is_super_resolution:
             aug_t = self.random_times(batch, generator, self.config.max_train_aug)

@@ -13,6 +13,7 @@ import torch
 from cascade.diffusion.forward import step_coefficients
 from cascade.errors import UserError, choice_error
 from cascade.sampling.denoiser import Denoiser, batch_times
+from cascade.diffusion.frame_noise import mix_frame_noise
 from cascade.sampling.noise import Generators, randn
 from cascade.sampling.plan import SamplingPlan
 
@@ -26,8 +27,9 @@ LearnedVarianceDenoiser = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Ten
 """``(x_t, t) -> (x0_hat, v)`` with v in [-1, 1] interpolating log beta and log beta-tilde."""
 
 
-def _noise(x: torch.Tensor, generator: Generators) -> torch.Tensor:
-    return randn(x.shape, generator, dtype=x.dtype, device=x.device)
+def _noise(x: torch.Tensor, generator: Generators, frame_correlation: float) -> torch.Tensor:
+    """Fresh N(0, I) noise like x; for clips [B, F, ...], frames correlated as the stage was trained."""
+    return mix_frame_noise(randn(x.shape, generator, dtype=x.dtype, device=x.device), frame_correlation)
 
 
 def sample_ddpm(
@@ -37,11 +39,13 @@ def sample_ddpm(
     *,
     variance: str = "beta_tilde",
     generator: Generators = None,
+    frame_correlation: float = 0.0,
     callback: StepCallback | None = None,
 ) -> torch.Tensor:
     """DDPM ancestral sampling: x_s = posterior mean + sqrt(variance) z, no noise into the clean endpoint.
 
     :param x: [B, ...] the starting noise x_T ~ N(0, I).
+    :param frame_correlation: for clips, the correlation of the noise between frames (as x_T's).
     :param variance: ``beta_tilde`` (the posterior variance, "fixed small"), ``beta`` (sigma_{t|s}^2,
         "fixed large") or ``learned`` (improved DDPM: ``denoiser`` returns (x0_hat, v) and the variance
         is exp(f log beta + (1 - f) log beta-tilde), f = (v + 1) / 2).
@@ -62,10 +66,10 @@ def sample_ddpm(
         elif variance == "learned":
             frac = (v + 1) / 2
             log_var = frac * float(torch.log(c.beta)) + (1 - frac) * float(torch.log(c.variance))
-            x = mean + torch.exp(0.5 * log_var) * _noise(x, generator)
+            x = mean + torch.exp(0.5 * log_var) * _noise(x, generator, frame_correlation)
         else:
             var = c.variance if variance == "beta_tilde" else c.beta
-            x = mean + float(var.sqrt()) * _noise(x, generator)
+            x = mean + float(var.sqrt()) * _noise(x, generator, frame_correlation)
         if callback is not None:
             callback(i, x, x0_hat)
     return x
@@ -78,6 +82,7 @@ def sample_ddim(
     *,
     eta: float = 0.0,
     generator: Generators = None,
+    frame_correlation: float = 0.0,
     callback: StepCallback | None = None,
 ) -> torch.Tensor:
     """DDIM: x_s = alpha_s x0_hat + sqrt(sigma_s^2 - c^2) eps_hat + c z, c = eta * sqrt(beta-tilde).
@@ -96,7 +101,7 @@ def sample_ddim(
         std = eta * float(c.variance.sqrt())
         x = alpha_s * x0_hat + max(sigma_s**2 - std**2, 0.0) ** 0.5 * eps_hat
         if std > 0:
-            x = x + std * _noise(x, generator)
+            x = x + std * _noise(x, generator, frame_correlation)
         if callback is not None:
             callback(i, x, x0_hat)
     return x

@@ -60,16 +60,21 @@ def sample(
     plan: str | None = None,
     eta: float = 0.0,
     generator: Generators = None,
+    frame_correlation: float = 0.0,
     callback: StepCallback | None = None,
 ) -> torch.Tensor:
     """Run sampler ``name`` for ``steps`` plan steps from ``noise`` [B, ...] ~ N(0, I); returns x_0 [B, ...].
 
     :param plan: ``leading``, ``trailing``, ``linspace``, ``karras`` or ``logsnr``; the sampler's default if None.
     :param eta: DDIM's eta (only for ``ddim``).
+    :param frame_correlation: for clips [B, F, ...], the frame correlation of the noise that stochastic
+        samplers add (the stage's ``frame_noise_correlation``; ``noise`` must already have it).
     """
     spec = get_sampler(name)
     sampling_plan = build_plan(schedule, steps, plan or spec.default_plan)
     kwargs = {"generator": generator, "callback": callback}
+    if spec.stochastic or name == "ddim":  # the samplers that add noise (DDIM when eta > 0)
+        kwargs["frame_correlation"] = frame_correlation
     if name == "ddim":
         kwargs["eta"] = eta
     elif eta != 0.0:

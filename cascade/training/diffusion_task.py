@@ -162,7 +162,7 @@ class DiffusionTask:
             captions = list(config.sample_prompts)
             cond = text_conditioning(self.encoder, captions, torch.float32)
         shape = (len(captions), config.stage.frames, 3) if config.stage.frames > 1 else (len(captions), 3)
-        noise = torch.randn(*shape, size, size, generator=generator)
+        noise = module.clip_noise(torch.randn(*shape, size, size, generator=generator))
         if config.stage.frames > 1:
             cond = Conditioning(**{**cond.__dict__, "video_mask": torch.ones(len(captions), dtype=torch.bool)})
         guidance = config.sample_guidance if self.encoder is not None else 1.0
