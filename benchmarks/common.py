@@ -10,17 +10,20 @@ from typing import Any
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def machine() -> dict[str, Any]:
-    """What the numbers were measured on."""
+def machine(device: Any = "cpu") -> dict[str, Any]:
+    """What the numbers were measured on (with the GPU's name when ``device`` is a CUDA device)."""
     import torch
 
-    return {
+    info = {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(),
         "processor": platform.processor() or platform.machine(),
     }
+    if torch.device(device).type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:

@@ -1,10 +1,11 @@
 """Time and peak memory per stage of a full render (base -> 256 -> 1024) and of an 8-frame clip.
 
-    .venv/bin/python benchmarks/render.py [--checkpoint weights/shapes] [--frames 8] [--repeats 2]
+    .venv/bin/python benchmarks/render.py [--checkpoint weights/shapes] [--frames 8] [--repeats 2] [--device cuda]
 
-Peak memory is the process's resident-set high-water mark (VmHWM), reset before each stage
-through /proc/self/clear_refs, so each stage's figure is the most memory the process held while
-that stage ran. Prints a table and writes benchmarks/results/render.json.
+Peak memory on the CPU is the process's resident-set high-water mark (VmHWM), reset before each
+stage through /proc/self/clear_refs, so each stage's figure is the most memory the process held
+while that stage ran; on a GPU it is the CUDA allocator's peak during the stage. Prints a table and
+writes benchmarks/results/render.json.
 """
 
 from __future__ import annotations
@@ -22,14 +23,23 @@ from common import RESULTS, machine, print_table, write_json  # noqa: E402
 PROMPT = "three glass spheres falling into the ocean at sunset"
 
 
-def reset_peak_rss() -> None:
+def reset_peak(device: torch.device) -> None:
+    """Start a new peak-memory window (and, on a GPU, wait for queued work)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
         pass
 
 
-def peak_rss_mib() -> float:
+def peak_mib(device: torch.device) -> float:
+    """The peak memory since :func:`reset_peak` (waiting for the GPU's queued work first)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) / 2**20
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
@@ -42,29 +52,30 @@ def timed_stages(cascade, settings, frames: int | None) -> list[dict]:
     """Run the cascade stage by stage on one prompt, timing each stage and its peak memory."""
     from cascade.pipeline import compute_context
 
+    device = cascade.device
     generators = [torch.Generator().manual_seed(0)]
     rows = []
+    reset_peak(device)
     start = time.perf_counter()
-    reset_peak_rss()
     text = cascade.encode_text([PROMPT])
-    rows.append({"stage": "text encoder", "size": "-", "steps": "-", "seconds": time.perf_counter() - start,
-                 "peak_mib": peak_rss_mib()})
-    with torch.inference_mode(), compute_context():
+    rows.append({"stage": "text encoder", "size": "-", "steps": "-", "peak_mib": peak_mib(device),
+                 "seconds": time.perf_counter() - start})
+    with torch.inference_mode(), compute_context(device):
         first = cascade.video if frames else cascade.stages[0]
-        reset_peak_rss()
+        reset_peak(device)
         start = time.perf_counter()
         image = cascade.run_base(first, text, generators, settings, frames, progress=False)
         rows.append({"stage": first.config.name, "size": first.config.resolution, "steps": settings.steps[0],
-                     "seconds": time.perf_counter() - start, "peak_mib": peak_rss_mib()})
+                     "peak_mib": peak_mib(device), "seconds": time.perf_counter() - start})
         for index in range(1, len(cascade.stages)):
             if frames and cascade.stages[index].config.resolution > 256:
                 break  # clips stop at 256 px
-            reset_peak_rss()
+            reset_peak(device)
             start = time.perf_counter()
             image = cascade.run_super_resolution(index, text, image, generators, settings, progress=False)
             stage = cascade.stages[index]
             rows.append({"stage": stage.config.name, "size": stage.config.resolution, "steps": settings.steps[index],
-                         "seconds": time.perf_counter() - start, "peak_mib": peak_rss_mib()})
+                         "peak_mib": peak_mib(device), "seconds": time.perf_counter() - start})
     return rows
 
 
@@ -73,6 +84,8 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, default=Path(__file__).resolve().parents[1] / "weights" / "shapes")
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2, help="runs of each; the fastest is reported")
+    parser.add_argument("--steps", type=int, nargs="+", help="steps per stage (default: the release's)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--out", type=Path, default=RESULTS / "render.json")
     args = parser.parse_args()
 
@@ -81,10 +94,11 @@ def main() -> None:
 
     has_video = load_cascade_config(args.checkpoint).video is not None
     load_start = time.perf_counter()
-    cascade = Cascade.load(args.checkpoint, video=has_video)
+    cascade = Cascade.load(args.checkpoint, video=has_video, device=args.device)
     load_seconds = time.perf_counter() - load_start
-    settings = cascade.settings()
-    report = {"checkpoint": str(args.checkpoint), "load_seconds": load_seconds, "machine": machine()}
+    settings = cascade.settings(steps=args.steps)
+    report = {"checkpoint": str(args.checkpoint), "load_seconds": load_seconds, "device": str(cascade.device),
+              "machine": machine(cascade.device)}
     for name, frames in (("image", None), ("clip", args.frames))[: 2 if has_video else 1]:
         runs = [timed_stages(cascade, settings, frames) for _ in range(args.repeats)]
         best = min(runs, key=lambda rows: sum(r["seconds"] for r in rows))

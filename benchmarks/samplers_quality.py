@@ -1,6 +1,6 @@
 """All-correct rate of the base stage against steps, for each sampler, on world prompts.
 
-    .venv/bin/python benchmarks/samplers_quality.py [--checkpoint weights/shapes] [--n 200] [--split eval]
+    .venv/bin/python benchmarks/samplers_quality.py [--checkpoint weights/shapes] [--n 200] [--split eval] [--device cuda]
 
 Each point renders N fully specified world captions at 64 px with one sampler and step count and
 reads them back with the world reader (as `cascade eval` does). Prints a table and writes
@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, machine, print_table, write_json  # noqa: E402
 
 GRID = {"ddpm": (50, 100, 250), "ddim": (10, 20, 50), "dpmpp-2m": (10, 20, 50), "euler": (20, 50), "heun": (10, 25)}
+DRY_GRID = {"ddpm": (2,), "dpmpp-2m": (2,)}  # --dry: checks that the script runs, measures nothing
 
 
 def main() -> None:
@@ -25,16 +26,20 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, default=Path(__file__).resolve().parents[1] / "weights" / "shapes")
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--split", default="eval")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--dry", action="store_true", help="2 prompts, two samplers at 2 steps: checks the script runs")
     parser.add_argument("--out", type=Path, default=RESULTS / "samplers_quality.json")
     args = parser.parse_args()
+    grid = DRY_GRID if args.dry else GRID
+    n = 2 if args.dry else args.n
 
     from cascade.evaluation.cascade_eval import EvalRequest, accuracy_table, render_world_prompts, score_renders
     from cascade.pipeline import Cascade
 
-    cascade = Cascade.load(args.checkpoint, size=None)
-    base = EvalRequest(checkpoint=args.checkpoint, split=args.split, n=args.n, size=cascade.sizes[0], progress=False)
+    cascade = Cascade.load(args.checkpoint, size=None, device=args.device)
+    base = EvalRequest(checkpoint=args.checkpoint, split=args.split, n=n, size=cascade.sizes[0], progress=False)
     rows, points = [], []
-    for sampler, step_counts in GRID.items():
+    for sampler, step_counts in grid.items():
         for steps in step_counts:
             request = replace(base, sampler=sampler, steps=(steps,))
             scenes, _, renders, _ = render_world_prompts(request, cascade)
@@ -47,19 +52,19 @@ def main() -> None:
     if ("dpmpp-2m", 20) in by and ("ddpm", 250) in by:
         gap = 100 * (by[("ddpm", 250)] - by[("dpmpp-2m", 20)])
         print(f"DPM-Solver++ at 20 steps is {gap:+.1f} points from DDPM at 250 (negative: better)")
-    write_json(args.out, {"split": args.split, "n": args.n, "points": points, "checkpoint": str(args.checkpoint),
-                          "machine": machine()})
-    plot(points, args.out.with_suffix(".png"))
+    write_json(args.out, {"split": args.split, "n": n, "points": points, "checkpoint": str(args.checkpoint),
+                          "device": str(cascade.device), "dry": args.dry, "machine": machine(cascade.device)})
+    plot(points, grid, args.out.with_suffix(".png"))
 
 
-def plot(points: list[dict], path: Path) -> None:
+def plot(points: list[dict], grid: dict[str, tuple[int, ...]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for sampler in GRID:
+    for sampler in grid:
         xs = [(p["steps"], 100 * p["all_correct"]) for p in points if p["sampler"] == sampler]
         ax.plot(*zip(*xs), marker="o", label=sampler)
     ax.set(xscale="log", xlabel="steps (base stage)", ylabel="all-correct %", title="Base stage: samplers and steps")

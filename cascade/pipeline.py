@@ -37,26 +37,34 @@ class RenderSettings:
     prior_guidance: float = 2.0
 
 
-def compute_context() -> object:
-    """bf16 autocast where the CPU has fast bf16 (AMX / AVX512-BF16), else nothing."""
+def compute_context(device: torch.device | str = "cpu") -> object:
+    """bf16 autocast where ``device`` runs bf16 fast (a CPU with AMX / AVX512-BF16, a CUDA GPU with
+    bf16), else nothing."""
     from cascade.device import autocast
 
-    return autocast()
+    return autocast(device)
 
 
 class Cascade:
     """A loaded cascade release. Build it with :meth:`load`."""
 
     def __init__(self, folder: Path, config: CascadeConfig, encoder: object, stages: list[DiffusionStage],
-                 video: DiffusionStage | None, prior: object | None = None) -> None:
+                 video: DiffusionStage | None, prior: object | None = None,
+                 device: torch.device | str = "cpu") -> None:
         self.folder, self.config, self.encoder = folder, config, encoder
         self.stages, self.video, self.prior = stages, video, prior
+        self.device = torch.device(device)
 
     @classmethod
-    def load(cls, folder: Path, *, size: int | None = None, video: bool = False) -> "Cascade":
-        """Load the text encoder and the stages needed to reach ``size`` (all if None)."""
+    def load(cls, folder: Path, *, size: int | None = None, video: bool = False,
+             device: torch.device | str = "cpu") -> "Cascade":
+        """Load the text encoder and the stages needed to reach ``size`` (all if None); the diffusion
+        networks run on ``device`` (the text encoder stays on the CPU: it runs once per prompt).
+        Random draws are made on the CPU from per-sample generators, so a seed gives the same
+        noise on every device."""
         from cascade.text import CachedTextEncoder, load_text_encoder
 
+        device = _checked_device(device)
         folder = Path(folder)
         config = load_cascade_config(folder)
         prior = None
@@ -79,7 +87,10 @@ class Cascade:
             video_stage = load_stage(folder / config.video)
         spec = resolve_encoder_spec(config.text_encoder, folder)
         encoder = CachedTextEncoder(load_text_encoder(spec, max_length=config.text_max_length), max_items=4096)
-        return cls(folder, config, encoder, stages, video_stage, prior)
+        for module in [*stages, video_stage, prior]:
+            if module is not None:
+                module.to(device)
+        return cls(folder, config, encoder, stages, video_stage, prior, device)
 
     # ------------------------------------------------------------------ settings
 
@@ -118,14 +129,14 @@ class Cascade:
     def render(self, prompts: Sequence[str], seeds: Sequence[int], size: int, settings: RenderSettings,
                *, frames: int | None = None, progress: bool = True) -> list[torch.Tensor]:
         """Images (or clips, with ``frames``) for ``prompts``; one output per stage run, each
-        [B, 3, H, W] (clips [B, F, 3, H, W]) in [-1, 1], the last at ``size`` px."""
+        [B, 3, H, W] (clips [B, F, 3, H, W]) in [-1, 1] on the CPU, the last at ``size`` px."""
         count = self.check_size(size)
         if len(prompts) != len(seeds):
             raise ValueError("one seed per prompt")
         generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
         text = self.encode_text(prompts)
         outputs: list[torch.Tensor] = []
-        with torch.inference_mode(), compute_context():
+        with torch.inference_mode(), compute_context(self.device):
             if self.prior is not None:
                 text = replace(text, image_embed=self.image_embedding(text, generators, settings))
             first = self.video if frames is not None else self.stages[0]
@@ -134,18 +145,19 @@ class Cascade:
             outputs.append(self.run_base(first, text, generators, settings, frames, progress))
             for index in range(1, count):
                 outputs.append(self.run_super_resolution(index, text, outputs[-1], generators, settings, progress))
-        return outputs
+        return [output.cpu() for output in outputs]
 
     def encode_text(self, prompts: Sequence[str]) -> Conditioning:
         """The text conditioning of ``prompts``: tokens [B, L, D], mask [B, L], pooled [B, D]."""
         embedding = self.encoder.encode(list(prompts))
-        return Conditioning(text_tokens=embedding.tokens, text_mask=embedding.mask, pooled=embedding.pooled)
+        text = Conditioning(text_tokens=embedding.tokens, text_mask=embedding.mask, pooled=embedding.pooled)
+        return text.to(self.device)
 
     def image_embedding(self, text: Conditioning, generators: list[torch.Generator],
                         settings: RenderSettings) -> torch.Tensor:
         """unCLIP: the prior's CLIP image embeddings [B, E] (unit norm) for the text, one generator per sample."""
         prior = self.prior
-        noise = randn((len(generators), prior.config.embed_dim), generators)
+        noise = randn((len(generators), prior.config.embed_dim), generators, device=self.device)
         denoiser = prior.denoiser(text, guidance=settings.prior_guidance)
         z0 = sample("ddim", denoiser, noise, prior.schedule, settings.prior_steps)
         return prior.from_diffusion(z0)
@@ -153,13 +165,13 @@ class Cascade:
     def refine(self, index: int, prompts: Sequence[str], low: torch.Tensor, seeds: Sequence[int],
                settings: RenderSettings, *, progress: bool = False) -> torch.Tensor:
         """Run super-resolution stage ``index`` (1 = the first after the base) on given low-res
-        images [B, 3, h, w] in [-1, 1]; returns [B, 3, H, W]."""
+        images [B, 3, h, w] in [-1, 1]; returns [B, 3, H, W] on the CPU."""
         if not 1 <= index < len(self.stages):
             raise UserError(f"this cascade has no super-resolution stage {index}")
         generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
         text = self.encode_text(prompts)
-        with torch.inference_mode(), compute_context():
-            return self.run_super_resolution(index, text, low, generators, settings, progress)
+        with torch.inference_mode(), compute_context(self.device):
+            return self.run_super_resolution(index, text, low.to(self.device), generators, settings, progress).cpu()
 
     def _sample(self, stage: DiffusionStage, cond: Conditioning, noise: torch.Tensor, index: int,
                 settings: RenderSettings, generators: list[torch.Generator], progress: bool) -> torch.Tensor:
@@ -179,10 +191,10 @@ class Cascade:
         """The first stage (image or video): [B, 3, H, W] or [B, F, 3, H, W] in [-1, 1]."""
         size = stage.config.resolution
         if frames is None:
-            noise = randn((len(generators), 3, size, size), generators)
+            noise = randn((len(generators), 3, size, size), generators, device=self.device)
             return self._sample(stage, text, noise, 0, settings, generators, progress)
-        noise = stage.clip_noise(randn((len(generators), frames, 3, size, size), generators))
-        cond = replace(text, video_mask=torch.ones(len(generators), dtype=torch.bool))
+        noise = stage.clip_noise(randn((len(generators), frames, 3, size, size), generators, device=self.device))
+        cond = replace(text, video_mask=torch.ones(len(generators), dtype=torch.bool, device=self.device))
         return self._sample(stage, cond, noise, 0, settings, generators, progress)
 
     def run_super_resolution(self, index: int, text: Conditioning, low: torch.Tensor,
@@ -198,8 +210,8 @@ class Cascade:
         if low.ndim == 5:
             frames = low.shape[1]
             draws = 1 if shared_noise else frames
-            noise = randn((batch, draws, 3, size, size), generators).flatten(0, 1)
-            aug_noise = randn((batch, draws, 3, size, size), generators).flatten(0, 1)
+            noise = randn((batch, draws, 3, size, size), generators, device=self.device).flatten(0, 1)
+            aug_noise = randn((batch, draws, 3, size, size), generators, device=self.device).flatten(0, 1)
             if shared_noise:
                 noise, aug_noise = noise.repeat_interleave(frames, dim=0), aug_noise.repeat_interleave(frames, dim=0)
             per_frame = Conditioning(**{k: (v.repeat_interleave(frames, dim=0) if v is not None else None)
@@ -210,8 +222,23 @@ class Cascade:
             out = self._sample(stage, cond, noise, index, settings, frame_generators, progress)
             return out.reshape(batch, frames, 3, size, size)
         cond = stage.augmented(replace(text, low_res=low), aug, generators)
-        noise = randn((batch, 3, size, size), generators)
+        noise = randn((batch, 3, size, size), generators, device=self.device)
         return self._sample(stage, cond, noise, index, settings, generators, progress)
+
+
+def _checked_device(device: torch.device | str) -> torch.device:
+    """``device`` as a torch.device; a CUDA device where none is available is a one-line error."""
+    try:
+        device = torch.device(device)
+    except RuntimeError as error:
+        raise UserError(f"unknown device {str(device)!r} (use cpu, cuda or cuda:N)") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {device} was asked for but no CUDA GPU is available here")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"device {device} does not exist: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"device {device} is not supported (use cpu, cuda or cuda:N)")
+    return device
 
 
 def _defaults(name: str, values: Sequence, stages: int) -> tuple:

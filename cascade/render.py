@@ -54,7 +54,7 @@ def render_command(args: argparse.Namespace, default_cascade: Path) -> int:
     folder = args.checkpoint or default_cascade
     if args.checkpoint is None and not (folder / "cascade.yaml").is_file():
         raise UserError(f"no shipped cascade at {folder}; pass --checkpoint with a cascade release folder")
-    cascade = Cascade.load(folder, size=args.size, video=args.video)
+    cascade = Cascade.load(folder, size=args.size, video=args.video, device=args.device)
     size = args.size or cascade.sizes[-1]
     cascade.check_size(size)
     frames = _frames(args, cascade)

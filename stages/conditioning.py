@@ -34,6 +34,11 @@ class Conditioning:
     drop_image: torch.Tensor | None = None
     video_mask: torch.Tensor | None = None
 
+    def to(self, device: torch.device | str) -> "Conditioning":
+        """The same conditioning with every tensor on ``device``."""
+        return replace(self, **{name: (value.to(device) if value is not None else None)
+                                for name, value in self.__dict__.items()})
+
     def doubled_for_guidance(self) -> "Conditioning":
         """[cond; uncond]: every tensor repeated twice along the batch, drop flags True in the second half.
 

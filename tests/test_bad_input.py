@@ -72,6 +72,9 @@ def render_cases(p: dict[str, Path]) -> list[list[str]]:
         ["render", "--prompt", "x", "--sampler", "plms"] + cp,
         ["render", "--prompt", "x", "--sampler", ""] + cp,
         ["render", "--prompt", "x", "--video", "--out", "x.gif"] + cp,
+        ["render", "--prompt", "x", "--device", "tpu"] + cp,
+        ["render", "--prompt", "x", "--device", "cuda:99"] + cp,
+        ["render", "--prompt", "x", "--device", "meta"] + cp,
     ]
 
 

@@ -38,6 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--frames", type=int, help="frames of the clip (default: the release's)")
     parser.add_argument("--fps", type=int, help="frames per second of the clip (default: the release's)")
     parser.add_argument("--save-frames", action="store_true", help="with --video, also save every frame as PNG")
+    parser.add_argument("--device", default="cpu",
+                        help="where the diffusion networks run: cpu (default), cuda or cuda:N; a seed draws the "
+                        "same noise on every device")
     parser.set_defaults(func=run)
 
 

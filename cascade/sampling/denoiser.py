@@ -40,5 +40,9 @@ def denoiser_from_model(model: ModelFn, schedule: NoiseSchedule, prediction: str
 
 
 def batch_times(t: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
-    """A plan's scalar time as a float64 vector [B] for the batch x [B, ...]."""
-    return torch.full((x.shape[0],), float(t), dtype=torch.float64, device=x.device)
+    """A plan's scalar time as a float64 vector [B] for the batch x [B, ...].
+
+    Times stay on the CPU, beside the schedules' float64 tables, whatever x's device; the values
+    derived from them reach x's device through ``expand_like`` and the network's time input.
+    """
+    return torch.full((x.shape[0],), float(t), dtype=torch.float64)
