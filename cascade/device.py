@@ -6,6 +6,7 @@ never chosen. Channels-last activations let oneDNN convolve without reordering. 
 activations back to the kernel after every op and faults them in again on the next (~25k page
 faults per 64 px forward at batch 16); :func:`tune_allocator` keeps them instead.
 
+- :func:`checked_device`: a device a user named, or a one-line error.
 - :func:`fast_dtype`: bf16 where the hardware runs it fast (CPU with AMX or AVX512-BF16, CUDA with
   bf16), else float32.
 - :func:`autocast`: a bf16 autocast context where that pays, else a no-op (training: fp32 master
@@ -26,6 +27,24 @@ import torch
 from torch import nn
 
 _BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def checked_device(device: torch.device | str) -> torch.device:
+    """``device`` as a torch.device if this machine has it (cpu, cuda, cuda:N), else a one-line
+    :class:`~cascade.errors.UserError` naming the problem."""
+    from cascade.errors import UserError
+
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"unknown device {str(device)!r} (use cpu, cuda or cuda:N)") from None
+    if parsed.type not in ("cpu", "cuda"):
+        raise UserError(f"device {parsed} is not supported (use cpu, cuda or cuda:N)")
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {parsed} was asked for but no CUDA GPU is available here")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise UserError(f"device {parsed} does not exist: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    return parsed
 
 
 @functools.lru_cache(maxsize=1)

@@ -15,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from cascade.cascade_config import CascadeConfig, load_cascade_config, resolve_encoder_spec
+from cascade.device import checked_device
 from cascade.errors import UserError
 from cascade.release import load_stage
 from cascade.sampling import get_sampler, sample
@@ -64,7 +65,7 @@ class Cascade:
         noise on every device."""
         from cascade.text import CachedTextEncoder, load_text_encoder
 
-        device = _checked_device(device)
+        device = checked_device(device)
         folder = Path(folder)
         config = load_cascade_config(folder)
         prior = None
@@ -224,21 +225,6 @@ class Cascade:
         cond = stage.augmented(replace(text, low_res=low), aug, generators)
         noise = randn((batch, 3, size, size), generators, device=self.device)
         return self._sample(stage, cond, noise, index, settings, generators, progress)
-
-
-def _checked_device(device: torch.device | str) -> torch.device:
-    """``device`` as a torch.device; a CUDA device where none is available is a one-line error."""
-    try:
-        device = torch.device(device)
-    except RuntimeError as error:
-        raise UserError(f"unknown device {str(device)!r} (use cpu, cuda or cuda:N)") from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {device} was asked for but no CUDA GPU is available here")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise UserError(f"device {device} does not exist: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
-    if device.type not in ("cpu", "cuda"):
-        raise UserError(f"device {device} is not supported (use cpu, cuda or cuda:N)")
-    return device
 
 
 def _defaults(name: str, values: Sequence, stages: int) -> tuple:

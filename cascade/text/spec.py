@@ -27,6 +27,7 @@ from typing import Literal
 
 import torch
 
+from cascade.device import checked_device
 from cascade.errors import UserError, choice_error
 from cascade.text.base import TextEncoder
 
@@ -94,16 +95,6 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def _parse_device(device: str | torch.device) -> torch.device:
-    try:
-        dev = torch.device(device)
-    except RuntimeError as error:
-        raise UserError(f"bad device {device!r}: {error}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {device!r} asked for, but CUDA is not available here")
-    return dev
-
-
 def load_text_encoder(
     spec: str | EncoderSpec,
     *,
@@ -128,7 +119,7 @@ def load_text_encoder(
     """
     parsed = parse_spec(spec) if isinstance(spec, str) else spec
     torch_dtype = parse_dtype(dtype)
-    dev = _parse_device(device)
+    dev = checked_device(device)
     if max_length is not None and max_length < 2:
         raise UserError(f"max_length must be at least 2 (room for the special tokens), got {max_length}")
     if not parsed.path.exists():
