@@ -11,9 +11,9 @@ from typing import Callable, Literal
 import torch
 
 from cascade.diffusion.forward import step_coefficients
+from cascade.diffusion.frame_noise import mix_frame_noise
 from cascade.errors import UserError, choice_error
 from cascade.sampling.denoiser import Denoiser, batch_times
-from cascade.diffusion.frame_noise import mix_frame_noise
 from cascade.sampling.noise import Generators, randn
 from cascade.sampling.plan import SamplingPlan
 
@@ -45,10 +45,10 @@ def sample_ddpm(
     """DDPM ancestral sampling: x_s = posterior mean + sqrt(variance) z, no noise into the clean endpoint.
 
     :param x: [B, ...] the starting noise x_T ~ N(0, I).
-    :param frame_correlation: for clips, the correlation of the noise between frames (as x_T's).
     :param variance: ``beta_tilde`` (the posterior variance, "fixed small"), ``beta`` (sigma_{t|s}^2,
         "fixed large") or ``learned`` (improved DDPM: ``denoiser`` returns (x0_hat, v) and the variance
         is exp(f log beta + (1 - f) log beta-tilde), f = (v + 1) / 2).
+    :param frame_correlation: for clips, the correlation of the noise between frames (as x_T's).
     :returns: [B, ...] the sample x_0.
     """
     if variance not in DDPM_VARIANCES:
