@@ -9,7 +9,7 @@
 # 3. the base stage's all-correct rate against sampler and steps.
 # The dry run checks that every step still runs (the test suite runs it); it measures nothing.
 # OUT_DIR defaults to benchmarks/results/gpu (dry: a temporary folder). Run from anywhere; the
-# project's .venv is used when it exists.
+# project's .venv is used when it exists, else python3 (or $PYTHON when set).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -25,8 +25,8 @@ else
   OUT="${1:-$ROOT/benchmarks/results/gpu}"
   DEVICE=cuda
 fi
-PYTHON="$ROOT/.venv/bin/python"
-[[ -x "$PYTHON" ]] || PYTHON=python
+PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"  # PYTHON=... picks another interpreter
+[[ -x "$PYTHON" ]] || PYTHON="$(command -v python3 || command -v python)"
 mkdir -p "$OUT"
 LOG="$OUT/gpu_check.log"
 : > "$LOG"
@@ -58,7 +58,7 @@ else
   step "U-Net vs diffusers" "$PYTHON" benchmarks/unet_vs_diffusers.py --device "$DEVICE" --batches 1 8 16 64 \
     --out "$OUT/unet_vs_diffusers.json"
   step "render" "$PYTHON" benchmarks/render.py --device "$DEVICE" --out "$OUT/render.json"
-  step "samplers' quality" "$PYTHON" benchmarks/samplers_quality.py --device "$DEVICE" --n 200 \
+  step "samplers' quality" "$PYTHON" benchmarks/samplers_quality.py --device "$DEVICE" --n 200 --batch-size 100 \
     --out "$OUT/samplers_quality.json"
 fi
 echo "results in $OUT"

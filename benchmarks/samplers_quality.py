@@ -1,6 +1,6 @@
 """All-correct rate of the base stage against steps, for each sampler, on world prompts.
 
-    .venv/bin/python benchmarks/samplers_quality.py [--checkpoint weights/shapes] [--n 200] [--split eval] [--device cuda]
+    .venv/bin/python benchmarks/samplers_quality.py [--checkpoint weights/shapes] [--n 200] [--split eval] [--device cuda] [--batch-size 100]
 
 Each point renders N fully specified world captions at 64 px with one sampler and step count and
 reads them back with the world reader (as `cascade eval` does). Prints a table and writes
@@ -27,6 +27,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--split", default="eval")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--batch-size", type=int, default=8, help="prompts per batch (results do not depend on it)")
     parser.add_argument("--dry", action="store_true", help="2 prompts, two samplers at 2 steps: checks the script runs")
     parser.add_argument("--out", type=Path, default=RESULTS / "samplers_quality.json")
     args = parser.parse_args()
@@ -37,7 +38,8 @@ def main() -> None:
     from cascade.pipeline import Cascade
 
     cascade = Cascade.load(args.checkpoint, size=None, device=args.device)
-    base = EvalRequest(checkpoint=args.checkpoint, split=args.split, n=n, size=cascade.sizes[0], progress=False)
+    base = EvalRequest(checkpoint=args.checkpoint, split=args.split, n=n, size=cascade.sizes[0],
+                       batch_size=args.batch_size, progress=False)
     rows, points = [], []
     for sampler, step_counts in grid.items():
         for steps in step_counts:

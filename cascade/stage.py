@@ -190,7 +190,7 @@ class DiffusionStage(nn.Module):
         batch = x0.shape[0]
         t = self.random_times(batch, generator)
         noise = self.clip_noise(torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device))
-        cond = self._dropped(cond, batch, generator)
+        cond = self._dropped(cond, batch, generator).to(x0.device)
         if self.config.is_super_resolution:
             aug_t = self.random_times(batch, generator, self.config.max_train_aug)
             cond = self.augmented(cond, aug_t, generator, size=x0.shape[-1])

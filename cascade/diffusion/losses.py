@@ -57,10 +57,10 @@ def simple_loss(
     if weighting not in WEIGHTINGS:
         raise choice_error("loss weighting", weighting, WEIGHTINGS)
     shape = (-1,) + (1,) * (x0.ndim - 1)
-    a = alpha.to(x0.dtype).reshape(shape)
-    s = sigma.to(x0.dtype).reshape(shape)
+    a = alpha.to(dtype=x0.dtype, device=x0.device).reshape(shape)
+    s = sigma.to(dtype=x0.dtype, device=x0.device).reshape(shape)
     target = training_target(x0, noise, a, s, prediction)
     loss = mean_flat((output.float() - target.float()) ** 2)
     if weighting == "min_snr":
-        loss = loss * min_snr_weight(log_snr, prediction, min_snr_gamma).to(loss.dtype)
+        loss = loss * min_snr_weight(log_snr, prediction, min_snr_gamma).to(loss)
     return loss

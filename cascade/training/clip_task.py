@@ -85,6 +85,7 @@ class ClipTask:
         """In-batch retrieval accuracy of the EMA model on the first batch seen (a JSON file)."""
         if self._snapshot_batch is None:
             return None
+        module = module.cpu()  # a throwaway float32 copy; the snapshot batch is on the CPU
         images, captions = self._snapshot_batch["image"], self._snapshot_batch["caption"]
         image_features, text_features = module.features(images.float(), self.tokens(captions))
         similarity = text_features @ image_features.T  # [n, n]

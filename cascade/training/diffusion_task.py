@@ -140,6 +140,7 @@ class DiffusionTask:
     def snapshot(self, module: DiffusionStage, step: int, out_dir: Path) -> Path | None:
         """Samples for the fixed prompts (base) or the first batch's low-res images (super-resolution)."""
         config = self.config
+        device = next(module.parameters()).device  # the training device: the inputs are built on the CPU
         generator = torch.Generator().manual_seed(0)
         size = config.stage.resolution
         if config.stage.is_super_resolution:  # refine the first batch's low-res images (crops, if training on crops)
@@ -150,7 +151,8 @@ class DiffusionTask:
             cond = text_conditioning(self.encoder, captions, torch.float32)
             low = self._snapshot_batch["low_res"].float()
             aug = torch.full((len(captions),), module.aug_time(config.stage.sample_aug), dtype=torch.float64)
-            cond = module.augmented(Conditioning(**{**cond.__dict__, "low_res": low}), aug, generator, size=size)
+            cond = Conditioning(**{**cond.__dict__, "low_res": low}).to(device)
+            cond = module.augmented(cond, aug, generator, size=size)
         elif self.image_encoder is not None:  # an unCLIP decoder: reconstruct the first batch from its embeddings
             if self._snapshot_batch is None:
                 return None
@@ -162,9 +164,10 @@ class DiffusionTask:
             captions = list(config.sample_prompts)
             cond = text_conditioning(self.encoder, captions, torch.float32)
         shape = (len(captions), config.stage.frames, 3) if config.stage.frames > 1 else (len(captions), 3)
-        noise = module.clip_noise(torch.randn(*shape, size, size, generator=generator))
+        noise = module.clip_noise(torch.randn(*shape, size, size, generator=generator)).to(device)
         if config.stage.frames > 1:
             cond = Conditioning(**{**cond.__dict__, "video_mask": torch.ones(len(captions), dtype=torch.bool)})
+        cond = cond.to(device)
         guidance = config.sample_guidance if self.encoder is not None else 1.0
         denoiser = module.denoiser(cond, guidance=guidance, threshold="dynamic")
         images = module.to_image(sample("dpmpp-2m", denoiser, noise, module.schedule, config.sample_steps), cond)

@@ -90,7 +90,8 @@ def all_ranks_agree(flag: bool) -> bool:
 
     if not dist.is_initialized():
         return flag
-    value = torch.tensor([1 if flag else 0], dtype=torch.int64)
+    device = f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"  # nccl: GPU tensors only
+    value = torch.tensor([1 if flag else 0], dtype=torch.int64, device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MIN)
     return bool(value.item())
 

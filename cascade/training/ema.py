@@ -44,7 +44,7 @@ class EMA:
     def save(self, path: Path) -> None:
         from safetensors.torch import save_file
 
-        save_file({k: v.contiguous() for k, v in self.shadow.items()}, str(path))
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.shadow.items()}, str(path))
 
     def load(self, path: Path) -> None:
         from safetensors.torch import load_file

@@ -24,6 +24,7 @@ from cascade.training.distributed import DistInfo, all_ranks_agree
 from cascade.training.ema import EMA
 from cascade.training.engine import build_engine, engine_dtype
 from cascade.training.metrics import MetricsLog
+from stages.conditioning import Conditioning
 
 
 class TrainTask(Protocol):
@@ -98,7 +99,7 @@ def train(task: TrainTask, config: TrainConfig, dist: DistInfo, out_dir: Path, m
     try:
         while step < max_steps:
             for _ in range(config.optim.grad_accumulation):
-                kwargs = task.inputs(next(batches), generator, dtype)
+                kwargs = on_device(task.inputs(next(batches), generator, dtype), engine.device)
                 loss = engine(**kwargs).float().mean()
                 if not all_ranks_agree(math.isfinite(loss.item())):
                     last = find_latest(checkpoints)
@@ -127,13 +128,21 @@ def train(task: TrainTask, config: TrainConfig, dist: DistInfo, out_dir: Path, m
     return RunResult(step, last_loss, time.perf_counter() - started, loader.stats.as_dict())
 
 
+def on_device(kwargs: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """The forward's arguments with every tensor and :class:`Conditioning` on the engine's device
+    (the loader, the frozen encoders and the random generator stay on the CPU)."""
+    return {name: value.to(device) if isinstance(value, (torch.Tensor, Conditioning)) else value
+            for name, value in kwargs.items()}
+
+
 def _rate(started: float, steps: int, config: TrainConfig, dist: DistInfo) -> float:
     seconds = max(time.perf_counter() - started, 1e-9)
     return steps * config.data.batch_size * config.optim.grad_accumulation * dist.world_size / seconds
 
 
 def _snapshot(task: TrainTask, live: nn.Module, ema: EMA, step: int, out_dir: Path) -> None:
-    """Samples from the EMA weights, through a float32 copy so the training weights stay untouched."""
+    """Samples from the EMA weights, through a float32 copy (on the training device) so the training
+    weights stay untouched."""
     import copy
 
     shadow = copy.deepcopy(live).float().eval()

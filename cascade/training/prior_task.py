@@ -115,6 +115,7 @@ class PriorTask:
         against the text-embedding baseline (a JSON file)."""
         if self._snapshot_batch is None:
             return None
+        module = module.cpu()  # a throwaway float32 copy; the snapshot batch is on the CPU
         captions, truth = self._snapshot_batch["caption"], self._snapshot_batch["embed"]
         cond = text_condition(self.text_encoder, captions, torch.float32)
         generator = torch.Generator().manual_seed(0)
