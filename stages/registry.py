@@ -29,7 +29,7 @@ PRESETS: dict[str, StageConfig] = {
         unet=_tiny_unet(low_res_channels=3, noise_augmentation=True, attention_levels=(False, False)),
     ),
     "tiny-video16": StageConfig(name="video16", resolution=16, frames=4, frame_noise_correlation=0.8,
-                                unet=_tiny_unet(temporal=True)),
+                                unet=_tiny_unet(temporal=True, temporal_frame_position=True)),
     # ---------------------------------------------------------------- shapes world: trains on this CPU
     # Base: 13.6M parameters, 7.6 GFLOP per 64 px image; one block at full resolution, attention with
     # the world CLIP's text tokens at 16 and 8 px (Imagen's Efficient U-Net: capacity at low resolution).
@@ -40,11 +40,14 @@ PRESETS: dict[str, StageConfig] = {
     ),
     # The same U-Net with temporal layers (16.2M parameters, 69 GFLOP per 8-frame clip). Its frames'
     # noise is correlated (PYoCo's mixed prior, rho = 0.8): from independent noise, 500 steps of training
-    # left each frame guessing its own layout at high noise, and objects jumped between frames.
+    # left each frame guessing its own layout at high noise, and objects jumped between frames. Each
+    # frame also knows its place in the clip (temporal_frame_position): without it, 2,550 steps left
+    # the objects in place or flickering rather than moving (docs/training.md).
     "shapes-video64": StageConfig(
         name="video64", resolution=64, frames=8, frame_noise_correlation=0.8,
         unet=UNetConfig(base_channels=48, channel_mults=(1, 2, 3, 4), res_blocks=(1, 2, 2, 2),
-                        attention_levels=(False, False, True, True), head_dim=48, temporal=True, **SHAPES_TEXT),
+                        attention_levels=(False, False, True, True), head_dim=48, temporal=True,
+                        temporal_frame_position=True, **SHAPES_TEXT),
     ),
     # Super-resolution stages are convolutional (no attention) and not text-conditioned, as unCLIP's
     # upsamplers (Ramesh et al. 2022, section 2.1), so they train on crops and run on whole images.

@@ -44,6 +44,7 @@ class UNetConfig:
     noise_augmentation: bool = False
     temporal: bool = False
     temporal_max_distance: int = 16
+    temporal_frame_position: bool = False
     gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
@@ -118,6 +119,7 @@ class UNet(nn.Module):
     def __init__(self, config: UNetConfig) -> None:
         super().__init__()
         self.config = config
+        self.channels_last_activations = True  # see forward(); benchmarks/train_step.py measures both
         c = config
         widths = [c.base_channels * m for m in c.channel_mults]
         self.time_embed = TimeEmbedding(c.base_channels, c.embed_dim)
@@ -128,6 +130,13 @@ class UNet(nn.Module):
         self.image_context = (
             NullableProjection(c.image_embed_dim, c.image_tokens * c.context_dim) if c.image_embed_dim else None
         )
+        # Which frame of its clip each frame is, added to a clip's embedding (zero at first, so a
+        # checkpoint without it computes the same): frame k of a falling object must know to draw it
+        # k steps down. Frames past the last position share it.
+        self.temporal_frame_embed = None
+        if c.temporal and c.temporal_frame_position:
+            self.temporal_frame_embed = nn.Embedding(c.temporal_max_distance + 1, c.embed_dim)
+            nn.init.zeros_(self.temporal_frame_embed.weight)
 
         self.input_conv = nn.Conv2d(c.in_channels + c.low_res_channels, widths[0], 3, padding=1)
         self.down = nn.ModuleList()
@@ -185,10 +194,21 @@ class UNet(nn.Module):
         context_mask = torch.cat(masks, dim=1) if masks else None
         if frames > 1:  # every frame of a clip sees its clip's conditioning
             emb = emb.repeat_interleave(frames, dim=0)
+            if self.temporal_frame_embed is not None:
+                emb = emb + self._frame_positions(t.shape[0], frames, cond.video_mask).to(emb.dtype)
             if context is not None:
                 context = context.repeat_interleave(frames, dim=0)
                 context_mask = context_mask.repeat_interleave(frames, dim=0)
         return _State(emb.to(dtype), context, context_mask, frames, cond.video_mask)
+
+    def _frame_positions(self, batch: int, frames: int, video_mask: torch.Tensor | None) -> torch.Tensor:
+        """[B*F, E]: each frame's position embedding; zero for samples flagged as images (``video_mask`` False)."""
+        weight = self.temporal_frame_embed.weight
+        index = torch.arange(frames, device=weight.device).clamp(max=weight.shape[0] - 1)
+        positions = self.temporal_frame_embed(index).repeat(batch, 1)  # [B*F, E]
+        if video_mask is not None:
+            positions = positions * video_mask.to(positions).repeat_interleave(frames)[:, None]
+        return positions
 
     # ------------------------------------------------------------------ forward
 
@@ -210,7 +230,11 @@ class UNet(nn.Module):
             low_res = cond.low_res.flatten(0, 1) if cond.low_res.ndim == 5 else cond.low_res
             h = torch.cat([h, low_res.to(h.dtype)], dim=1)
         dtype = self.input_conv.weight.dtype
-        h = h.to(dtype)  # a bf16 network takes fp32 inputs too
+        # A bf16 network takes fp32 inputs too. Channels-last activations whatever the weights' layout
+        # (the training engine keeps them contiguous): a video64 training step on the 2-core CPU
+        # took 3.8 s against 4.2 s with contiguous ones (benchmarks/train_step.py).
+        layout = torch.channels_last if self.channels_last_activations else torch.contiguous_format
+        h = h.to(dtype=dtype, memory_format=layout)
         state = self._embed(t, cond, frames, dtype)
 
         h = self.input_conv(h)

@@ -95,15 +95,17 @@ def _repeat(cond: Conditioning, frames: int, index: slice = slice(None)) -> Cond
     return Conditioning(text_tokens=rep(cond.text_tokens), text_mask=rep(cond.text_mask), pooled=rep(cond.pooled))
 
 
-def test_temporal_layers_start_as_the_identity() -> None:
+@pytest.mark.parametrize("frame_position", [False, True])
+def test_temporal_layers_start_as_the_identity(frame_position: bool) -> None:
     """An image U-Net's weights (all perturbed) loaded into a video U-Net: each frame comes out as the
-    image U-Net's output for that frame. The temporal layers' zero-initialised outputs make them
-    identities, whatever their other weights (perturbed too)."""
+    image U-Net's output for that frame. The temporal layers' zero-initialised outputs (and frame
+    positions) make them identities, whatever their other weights (perturbed too)."""
     image = perturbed(UNet(config())).eval()
-    video = UNet(config(temporal=True)).eval()
+    video = UNet(config(temporal=True, temporal_frame_position=frame_position)).eval()
     missing, unexpected = video.load_state_dict(image.state_dict(), strict=False)
     assert not unexpected and missing and all("temporal" in k for k in missing)
-    zero_outputs = (".temporal_conv.conv.", ".temporal_attention.out.")
+    assert any("temporal_frame_embed" in k for k in missing) == frame_position
+    zero_outputs = (".temporal_conv.conv.", ".temporal_attention.out.", "temporal_frame_embed")
     g = torch.Generator().manual_seed(5)
     with torch.no_grad():
         for name, p in video.named_parameters():
@@ -119,9 +121,10 @@ def test_temporal_layers_start_as_the_identity() -> None:
     torch.testing.assert_close(clip.flatten(0, 1), frames, rtol=1e-5, atol=1e-5)
 
 
-def test_video_mask_false_passes_images_through_unchanged_once_trained() -> None:
+@pytest.mark.parametrize("frame_position", [False, True])
+def test_video_mask_false_passes_images_through_unchanged_once_trained(frame_position: bool) -> None:
     """With trained (non-zero) temporal layers, a sample flagged as images gets per-frame spatial outputs."""
-    video = perturbed(UNet(config(temporal=True))).eval()
+    video = perturbed(UNet(config(temporal=True, temporal_frame_position=frame_position))).eval()
     f = 3
     x, t = inputs((2, f, 3, 16, 16))
     cond = conditioning(2, lengths=[L, 4], video_mask=torch.tensor([True, False]))
@@ -132,6 +135,25 @@ def test_video_mask_false_passes_images_through_unchanged_once_trained() -> None
     torch.testing.assert_close(out[1], alone, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out[:1], mixed, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(out[0], video(x[0], t[:1].repeat(f), _repeat(cond, f, slice(0, 1))), atol=1e-3)
+
+
+def test_frame_positions_tell_identical_frames_apart_and_longer_clips_reuse_the_last() -> None:
+    """One frame repeated through a U-Net whose frame mixing is still off (zero temporal outputs):
+    only the frame positions can make its frames differ. Positions 0, 1, 2 exist (max distance 2);
+    frames 2 to 4 share the last. A sample flagged as images gets no positions."""
+    net = UNet(config(temporal=True, temporal_frame_position=True, temporal_max_distance=2))
+    net = perturbed(net, skip=(".temporal_conv.conv.", ".temporal_attention.out.")).eval()
+    f = 5
+    frame, t = inputs((1, 3, 16, 16))
+    clip = frame[:, None].expand(1, f, 3, 16, 16)
+    with torch.no_grad():
+        moving = net(clip, t, conditioning(1))[0]  # [F, 3, H, W]
+        still = net(clip, t, conditioning(1, video_mask=torch.tensor([False])))[0]
+    assert not torch.allclose(moving[0], moving[1], atol=1e-3) and not torch.allclose(moving[1], moving[2], atol=1e-3)
+    for k in (3, 4):
+        torch.testing.assert_close(moving[k], moving[2], rtol=1e-5, atol=1e-5)
+    for k in range(1, f):
+        torch.testing.assert_close(still[k], still[0], rtol=1e-5, atol=1e-5)
 
 
 def test_text_padding_does_not_change_the_output() -> None:
