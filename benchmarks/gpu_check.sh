@@ -6,7 +6,8 @@
 #
 # 1. the base U-Net against diffusers' at matched FLOPs (forward, training step, memory, MFU);
 # 2. a full render (base -> 256 -> 1024 where the cascade has them) and a clip, per stage;
-# 3. the base stage's all-correct rate against sampler and steps.
+# 3. the base stage's all-correct rate against sampler and steps;
+# 4. the video stage's training step with channels-last against contiguous activations.
 # The dry run checks that every step still runs (the test suite runs it); it measures nothing.
 # OUT_DIR defaults to benchmarks/results/gpu (dry: a temporary folder). Run from anywhere; the
 # project's .venv is used when it exists, else python3 (or $PYTHON when set).
@@ -54,11 +55,15 @@ if [[ $DRY == 1 ]]; then
   step "U-Net vs diffusers (dry)" "$PYTHON" benchmarks/unet_vs_diffusers.py --dry --out "$OUT/unet_vs_diffusers.json"
   step "render (dry)" "$PYTHON" benchmarks/render.py --steps 2 --repeats 1 --out "$OUT/render.json"
   step "samplers' quality (dry)" "$PYTHON" benchmarks/samplers_quality.py --dry --out "$OUT/samplers_quality.json"
+  step "training step (dry)" "$PYTHON" benchmarks/train_step.py --preset tiny-video16 --batch 2 --rounds 1 \
+    --out "$OUT/train_step.json"
 else
   step "U-Net vs diffusers" "$PYTHON" benchmarks/unet_vs_diffusers.py --device "$DEVICE" --batches 1 8 16 64 \
     --out "$OUT/unet_vs_diffusers.json"
   step "render" "$PYTHON" benchmarks/render.py --device "$DEVICE" --out "$OUT/render.json"
   step "samplers' quality" "$PYTHON" benchmarks/samplers_quality.py --device "$DEVICE" --n 200 --batch-size 100 \
     --out "$OUT/samplers_quality.json"
+  step "training step" "$PYTHON" benchmarks/train_step.py --device "$DEVICE" --preset shapes-video64 --batch 32 \
+    --out "$OUT/train_step.json"
 fi
 echo "results in $OUT"

@@ -181,7 +181,7 @@ class Cascade:
         bar = tqdm(total=steps, desc=f"{stage.config.name} {stage.config.resolution}px", unit="step",
                    disable=not progress, leave=False)
         denoiser = stage.denoiser(cond, guidance=settings.guidance[index], threshold=settings.threshold)
-        generator = generators if spec.stochastic else None
+        generator = generators if spec.adds_noise else None
         out = sample(settings.sampler, denoiser, noise, stage.schedule, steps, generator=generator,
                      frame_correlation=stage.config.frame_noise_correlation, callback=lambda *_: bar.update(1))
         bar.close()

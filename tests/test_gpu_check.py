@@ -26,6 +26,9 @@ def test_the_dry_run_goes_through_every_benchmark(tmp_path: Path) -> None:
     quality = json.loads((tmp_path / "samplers_quality.json").read_text())
     assert quality["dry"] and {p["sampler"] for p in quality["points"]} == {"ddpm", "dpmpp-2m"}
     assert all(0.0 <= p["all_correct"] <= 1.0 for p in quality["points"])
+    train = json.loads((tmp_path / "train_step.json").read_text())
+    assert train["preset"] == "tiny-video16" and set(train["best"]) == {"channels-last", "contiguous"}
+    assert all(seconds > 0 for seconds in train["best"].values())
     assert "== render (dry)" in (tmp_path / "gpu_check.log").read_text()
 
 

@@ -21,13 +21,20 @@ from cascade.sampling.plan import build_plan
 @dataclass(frozen=True)
 class SamplerSpec:
     """A sampler function ``(denoiser, x, plan, *, generator, callback) -> x0``, the plan it uses
-    unless told otherwise, and its model evaluations per plan step (Heun: 2, less one at the end)."""
+    unless told otherwise, and its model evaluations per plan step (Heun: 2, less one at the end).
+    ``stochastic``: it always adds fresh noise; ``takes_eta``: it adds noise when eta > 0 (DDIM)."""
 
     function: Callable[..., torch.Tensor]
     default_plan: str
     evaluations_per_step: int
     stochastic: bool
     description: str
+    takes_eta: bool = False
+
+    @property
+    def adds_noise(self) -> bool:
+        """Whether it may add fresh noise while sampling (and so takes ``generator`` and ``frame_correlation``)."""
+        return self.stochastic or self.takes_eta
 
     def evaluations(self, steps: int) -> int:
         return steps * self.evaluations_per_step - (self.evaluations_per_step - 1)
@@ -36,7 +43,7 @@ class SamplerSpec:
 SAMPLERS: dict[str, SamplerSpec] = {
     "ddpm": SamplerSpec(partial(sample_ddpm, variance="beta_tilde"), "trailing", 1, True, "DDPM ancestral, sigma^2 = beta-tilde"),
     "ddpm-large": SamplerSpec(partial(sample_ddpm, variance="beta"), "trailing", 1, True, "DDPM ancestral, sigma^2 = beta"),
-    "ddim": SamplerSpec(sample_ddim, "logsnr", 1, False, "DDIM (eta = 0: deterministic)"),
+    "ddim": SamplerSpec(sample_ddim, "logsnr", 1, False, "DDIM (eta = 0: deterministic)", takes_eta=True),
     "dpmpp-2m": SamplerSpec(sample_dpmpp_2m, "logsnr", 1, False, "DPM-Solver++(2M), multistep second order"),
     "euler": SamplerSpec(sample_euler, "karras", 1, False, "Euler on Karras sigmas"),
     "heun": SamplerSpec(sample_heun, "karras", 2, False, "Heun on Karras sigmas (2 evaluations a step)"),
@@ -73,9 +80,9 @@ def sample(
     spec = get_sampler(name)
     sampling_plan = build_plan(schedule, steps, plan or spec.default_plan)
     kwargs = {"generator": generator, "callback": callback}
-    if spec.stochastic or name == "ddim":  # the samplers that add noise (DDIM when eta > 0)
+    if spec.adds_noise:
         kwargs["frame_correlation"] = frame_correlation
-    if name == "ddim":
+    if spec.takes_eta:
         kwargs["eta"] = eta
     elif eta != 0.0:
         raise UserError(f"eta applies to the ddim sampler only, not to {name!r}")
