@@ -137,23 +137,21 @@ def test_video_mask_false_passes_images_through_unchanged_once_trained(frame_pos
     assert not torch.allclose(out[0], video(x[0], t[:1].repeat(f), _repeat(cond, f, slice(0, 1))), atol=1e-3)
 
 
-def test_frame_positions_tell_identical_frames_apart_and_longer_clips_reuse_the_last() -> None:
+def test_frame_positions_tell_identical_frames_apart_whatever_the_clip_length() -> None:
     """One frame repeated through a U-Net whose frame mixing is still off (zero temporal outputs):
-    only the frame positions can make its frames differ. Positions 0, 1, 2 exist (max distance 2);
-    frames 2 to 4 share the last. A sample flagged as images gets no positions."""
-    net = UNet(config(temporal=True, temporal_frame_position=True, temporal_max_distance=2))
+    only the frame positions can make its frames differ, and frame k comes out the same in a clip
+    of 3 frames and of 5. A sample flagged as images gets no positions."""
+    net = UNet(config(temporal=True, temporal_frame_position=True))
     net = perturbed(net, skip=(".temporal_conv.conv.", ".temporal_attention.out.")).eval()
-    f = 5
     frame, t = inputs((1, 3, 16, 16))
-    clip = frame[:, None].expand(1, f, 3, 16, 16)
     with torch.no_grad():
-        moving = net(clip, t, conditioning(1))[0]  # [F, 3, H, W]
-        still = net(clip, t, conditioning(1, video_mask=torch.tensor([False])))[0]
-    assert not torch.allclose(moving[0], moving[1], atol=1e-3) and not torch.allclose(moving[1], moving[2], atol=1e-3)
-    for k in (3, 4):
-        torch.testing.assert_close(moving[k], moving[2], rtol=1e-5, atol=1e-5)
-    for k in range(1, f):
+        short = net(frame[:, None].expand(1, 3, 3, 16, 16), t, conditioning(1))[0]  # [3, 3, H, W]
+        long = net(frame[:, None].expand(1, 5, 3, 16, 16), t, conditioning(1))[0]
+        still = net(frame[:, None].expand(1, 5, 3, 16, 16), t, conditioning(1, video_mask=torch.tensor([False])))[0]
+    for k in range(1, 5):
+        assert not torch.allclose(long[k], long[k - 1], atol=1e-3)
         torch.testing.assert_close(still[k], still[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(long[:3], short, rtol=1e-5, atol=1e-5)
 
 
 def test_text_padding_does_not_change_the_output() -> None:
