@@ -42,7 +42,8 @@ PRESETS: dict[str, StageConfig] = {
     # noise is correlated (PYoCo's mixed prior, rho = 0.8): from independent noise, 500 steps of training
     # left each frame guessing its own layout at high noise, and objects jumped between frames. Each
     # frame also knows its place in the clip (temporal_frame_position): without it, 2,550 steps left
-    # the objects in place or flickering rather than moving (docs/training.md).
+    # the objects in place or flickering rather than moving; 1,000 more with it have not made them
+    # move yet either (docs/training.md).
     "shapes-video64": StageConfig(
         name="video64", resolution=64, frames=8, frame_noise_correlation=0.8,
         unet=UNetConfig(base_channels=48, channel_mults=(1, 2, 3, 4), res_blocks=(1, 2, 2, 2),
