@@ -199,7 +199,6 @@ def main() -> None:
         raise SystemExit("--device cuda: no CUDA device is available here")
     if args.dry:
         args.unet, args.quick, args.batches, args.rounds = "dry", True, args.batches or [2], args.rounds or 1
-    if args.dry:
         where = Where(device, quiet_wait=0.0, tolerance=float("inf"))
     else:  # a GPU's rounds need no wait for a quiet CPU
         where = Where(device, quiet_wait=0.0 if device.type == "cuda" else 30.0)

@@ -235,7 +235,7 @@ class UNet(nn.Module):
         dtype = self.input_conv.weight.dtype
         # A bf16 network takes fp32 inputs too. Channels-last activations whatever the weights' layout
         # (the training engine keeps them contiguous): a video64 training step on the 2-core CPU
-        # took 3.8 s against 4.2 s with contiguous ones (benchmarks/train_step.py).
+        # took 3.97 s against 4.30 s with contiguous ones (benchmarks/train_step.py).
         layout = torch.channels_last if self.channels_last_activations else torch.contiguous_format
         h = h.to(dtype=dtype, memory_format=layout)
         state = self._embed(t, cond, frames, dtype)

@@ -151,8 +151,7 @@ class DiffusionTask:
             cond = text_conditioning(self.encoder, captions, torch.float32)
             low = self._snapshot_batch["low_res"].float()
             aug = torch.full((len(captions),), module.aug_time(config.stage.sample_aug), dtype=torch.float64)
-            cond = Conditioning(**{**cond.__dict__, "low_res": low}).to(device)
-            cond = module.augmented(cond, aug, generator, size=size)
+            cond = module.augmented(Conditioning(**{**cond.__dict__, "low_res": low}), aug, generator, size=size)
         elif self.image_encoder is not None:  # an unCLIP decoder: reconstruct the first batch from its embeddings
             if self._snapshot_batch is None:
                 return None
