@@ -15,7 +15,7 @@ embedding: the frozen image tower's mean frame feature plus a small motion tower
 (zero at first, trained alongside, not exported), with in-batch negatives and, for each clip,
 hard negatives that differ only in one group's motion.
 
-    python -m cascade.training.clip_words --clip weights/shapes/clip --out runs/clip-words --steps 400
+    python -m cascade.training.clip_words --clip weights/shapes/clip --out runs/clip-words --steps 500
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ TAUGHT_FILE = "taught_words.json"
 class WordTeaching:
     """Settings of one fine-tune (defaults: the shapes world's 64 px, 8-frame clips)."""
 
-    steps: int = 400
+    steps: int = 500
     batch_size: int = 32
     frames: int = 8
     size: int = 64
@@ -74,8 +74,9 @@ class MotionTower(nn.Module):
     Each of ``channels`` maps (convolutions of the frame and of its difference from the clip's
     median frame, which holds the still background) becomes a keypoint by a spatial softmax
     (Finn et al. 2016, "Deep Spatial Autoencoders"); the least-squares slope of its x and y over
-    the frames is its velocity, and an MLP maps the velocities to the embedding. A plain
-    convolutional tower with pooling learned no direction in 150 steps; this one learns it in ~50.
+    the frames is its velocity, and an MLP maps the velocities to the embedding. Told to classify
+    a group's motion from 32-clip batches, a convolutional tower on frame pairs with pooling stayed near
+    chance for 150 steps; this one passed 80% in 60.
     """
 
     def __init__(self, embed_dim: int, channels: int = 32, hidden: int = 128) -> None:
@@ -247,7 +248,7 @@ def teach(source: Path, out: Path, settings: WordTeaching, progress: bool = True
     before = motion_accuracy(teacher, tokenizer, eval_seeds, settings)
     rng = np.random.default_rng(settings.seed)
     bar = tqdm(range(settings.steps), desc="teach words", unit="step", disable=not progress)
-    for step in bar:
+    for _ in bar:
         seeds = rng.integers(0, 10**9, settings.batch_size).tolist()
         batch = clip_batch(tokenizer, seeds, "train", settings.size, settings.frames, rng, drop_words=True)
         with torch.autocast("cpu", dtype=torch.bfloat16):
