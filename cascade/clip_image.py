@@ -76,22 +76,16 @@ def load_clip_image_encoder(folder: str | Path, *, dtype: torch.dtype = torch.fl
 
     :raises UserError: on a missing folder or file, or weights that do not match the config.
     """
-    import open_clip
-
-    from cascade.text.open_clip_encoder import _load_strict, _model_config, _no_random_init_warning
+    from cascade.text.open_clip_encoder import load_local_dir_model
     from stages.clip_world import CLIP_MEAN, CLIP_STD, read_folder_config
 
     path = Path(folder).expanduser()
     if not path.is_dir():
         raise UserError(f"CLIP folder not found: {path}")
     document = read_folder_config(path)
-    model_name, model_cfg, weights = _model_config(path, None)
-    if model_cfg.get("vision_cfg", {}).get("timm_model_name"):
+    if document["model_cfg"].get("vision_cfg", {}).get("timm_model_name"):
         raise UserError(f"{path}: timm image towers are not supported (they may need the hub)")
-    with _no_random_init_warning():
-        model = open_clip.create_model(model_name, load_weights=False, pretrained_image=False,
-                                       pretrained_text=False, device="cpu")
-    _load_strict(model, weights, f"the config in {path}")
+    model, model_cfg = load_local_dir_model(path)
     preprocess = document.get("preprocess_cfg") or {}
     size = preprocess.get("size", model_cfg["vision_cfg"]["image_size"])
     size = int(size[0] if isinstance(size, (list, tuple)) else size)

@@ -43,7 +43,7 @@ def test_the_clip_only_tokens_of_the_world_are_its_motion_words() -> None:
 
 
 def test_only_the_taught_rows_change_the_encoding(tiny_folder: Path) -> None:
-    model, tokenizer, _ = load_clip_folder(tiny_folder)
+    model, tokenizer = load_clip_folder(tiny_folder)
     reference = model.encode_text(tokenizer(IMAGE_CAPTIONS + CLIP_CAPTIONS), normalize=True).detach()  # [4, E]
     teacher = WordTeacher(model, clip_only_tokens(tokenizer, scenes=200))
     with torch.no_grad():
@@ -56,7 +56,7 @@ def test_only_the_taught_rows_change_the_encoding(tiny_folder: Path) -> None:
 def test_teaching_learns_and_the_folder_loads_with_the_real_text_encoder(tiny_folder: Path, tmp_path: Path) -> None:
     settings = WordTeaching(steps=25, batch_size=8, frames=4, size=16, row_lr=3e-2, tower_lr=3e-3,
                             vocabulary_scenes=200)
-    model, tokenizer, _ = load_clip_folder(tiny_folder)
+    model, tokenizer = load_clip_folder(tiny_folder)
     teacher = WordTeacher(model, clip_only_tokens(tokenizer, scenes=200))
     batch = clip_batch(tokenizer, list(range(8)), "train", 16, 4, np.random.default_rng(0), drop_words=False)
     with torch.no_grad():

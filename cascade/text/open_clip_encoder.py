@@ -199,6 +199,22 @@ def _model_config(path: Path, arch: str | None) -> tuple[str, dict[str, Any], Pa
     return arch, open_clip.get_model_config(arch), path
 
 
+def load_local_dir_model(path: Path) -> tuple[nn.Module, dict[str, Any]]:
+    """The whole open_clip model of a ``local-dir:`` folder (float32, on the CPU, weights loaded
+    strictly) and its ``model_cfg``.
+
+    :raises UserError: on a missing folder, config or weights file, or weights that do not match.
+    """
+    import open_clip
+
+    model_name, model_cfg, weights = _model_config(path, None)
+    with _no_random_init_warning():
+        model = open_clip.create_model(model_name, load_weights=False, pretrained_image=False,
+                                       pretrained_text=False, device="cpu")
+    _load_strict(model, weights, f"the config in {path}")
+    return model, model_cfg
+
+
 def load_open_clip_encoder(
     path: Path,
     *,

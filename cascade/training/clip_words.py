@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -114,7 +113,7 @@ class WordTeacher(nn.Module):
         self.taught = list(taught)
         self.rows = nn.Parameter(table[taught].detach().float().clone())  # [K, W]
         self.motion = MotionTower(int(model.text_projection.shape[1]))
-        self._hook = model.token_embedding.register_forward_hook(self._substitute)
+        model.token_embedding.register_forward_hook(self._substitute)
 
     def _substitute(self, _module: nn.Module, inputs: tuple[Tensor, ...], out: Tensor) -> Tensor:
         slot = self.lookup[inputs[0]]  # [N, L]
@@ -191,38 +190,16 @@ def clip_batch(tokenizer: Any, seeds: list[int], split: str, size: int, frames: 
     return video, tokenizer(positives), negative_ids, has_negative
 
 
-def load_clip_folder(folder: Path) -> tuple[nn.Module, Any, dict[str, Any]]:
-    """(float32 open_clip CLIP, its tokenizer, the folder's config document) of a ``local-dir:`` folder."""
-    from safetensors.torch import load_file
+def load_clip_folder(folder: Path) -> tuple[nn.Module, Any]:
+    """(float32 open_clip CLIP, its tokenizer) of a ``local-dir:`` folder, loaded as the text encoder loads it."""
+    from cascade.text.open_clip_encoder import load_local_dir_model
+    from stages.clip_world import clip_tokenizer
 
-    from stages.clip_world import WEIGHTS_FILE, build_clip, clip_tokenizer, read_folder_config
-
-    document = read_folder_config(folder)
-    if not (Path(folder) / WEIGHTS_FILE).is_file():
-        raise UserError(f"no {WEIGHTS_FILE} in {folder}: not a world CLIP folder")
-    config = config_from_document(document)
-    model = build_clip(config)
-    state = load_file(str(Path(folder) / WEIGHTS_FILE))
-    state["logit_scale"] = state["logit_scale"].reshape(1)
-    missing, unexpected = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
-    missing = [k for k in missing if k != "attn_mask"]  # a buffer open_clip rebuilds, not saved
-    if missing or unexpected:
-        raise UserError(f"the weights in {folder} do not fit its config (missing {missing[:1]}, extra {unexpected[:1]})")
-    return model.float(), clip_tokenizer(config.context_length), document
-
-
-def config_from_document(document: dict[str, Any]) -> Any:
-    """The :class:`~stages.clip_world.ClipModelConfig` of a folder's ``open_clip_config.json``."""
-    from stages.clip_world import ClipModelConfig
-
-    cfg = document["model_cfg"]
-    vision, text = cfg["vision_cfg"], cfg["text_cfg"]
-    return ClipModelConfig(
-        embed_dim=cfg["embed_dim"], image_size=vision["image_size"], patch_size=vision["patch_size"],
-        vision_width=vision["width"], vision_layers=vision["layers"], vision_head_width=vision["head_width"],
-        text_width=text["width"], text_layers=text["layers"], text_heads=text["heads"],
-        context_length=text["context_length"], vocab_size=text["vocab_size"],
-    )
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise UserError(f"CLIP folder not found: {path}")
+    model, model_cfg = load_local_dir_model(path)
+    return model.float(), clip_tokenizer(int(model_cfg["text_cfg"]["context_length"]))
 
 
 def motion_accuracy(teacher: WordTeacher, tokenizer: Any, seeds: list[int], settings: WordTeaching) -> float:
@@ -238,8 +215,12 @@ def teach(source: Path, out: Path, settings: WordTeaching, progress: bool = True
     """Fine-tune the clip-only token rows of the CLIP in ``source``; write the taught folder to ``out``."""
     from tqdm import tqdm
 
+    from stages.clip_world import WEIGHTS_FILE
+
     torch.manual_seed(settings.seed)
-    model, tokenizer, _ = load_clip_folder(source)
+    model, tokenizer = load_clip_folder(source)
+    if not (Path(source) / WEIGHTS_FILE).is_file():  # checked before training: the export rewrites this file
+        raise UserError(f"no {WEIGHTS_FILE} in {source}: a world CLIP folder (as clip_task exports it) is needed")
     taught = clip_only_tokens(tokenizer, settings.vocabulary_scenes)
     teacher = WordTeacher(model, taught)
     optimizer = torch.optim.AdamW([{"params": [teacher.rows], "lr": settings.row_lr, "weight_decay": 0.0},
@@ -281,8 +262,7 @@ def write_taught_folder(source: Path, out: Path, teacher: WordTeacher, report: d
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / WEIGHTS_FILE, save(state, metadata={"format": "pt"}))
-    shutil.copyfile(Path(source) / CONFIG_FILE, out / f".{CONFIG_FILE}.tmp")
-    (out / f".{CONFIG_FILE}.tmp").replace(out / CONFIG_FILE)
+    atomic_write_bytes(out / CONFIG_FILE, (Path(source) / CONFIG_FILE).read_bytes())
     atomic_write_text(out / TAUGHT_FILE, json.dumps(report, indent=1) + "\n")
     return out
 
