@@ -128,22 +128,39 @@ class Model:
         return synchronized(run, self.device)
 
     def training_step(self, batch: int, mode: str) -> Callable[[], None]:
-        """Forward, MSE loss, backward and a fused AdamW step (fp32 master weights)."""
+        """Forward, MSE loss, backward and a fused AdamW step on fp32 master weights.
+
+        ``bf16-autocast``: fp32 weights, the forward under bf16 autocast. ``bf16-weights``: a bf16
+        network whose gradients step fp32 master copies, which are then copied back (what the
+        DeepSpeed bf16 engine of ``train_stage.py`` does).
+        """
         key = "train " + mode
+        bf16_weights = "bf16-weights" in mode
         if key not in self.prepared:
             net = copy.deepcopy(self.net).to(self.device).train()
             net = net.to(memory_format=torch.channels_last) if "channels-last" in mode else net
-            self.prepared[key] = (net, torch.optim.AdamW(net.parameters(), lr=1e-5, fused=True))
-        net, optimizer = self.prepared[key]
-        x, t, tokens, pooled = self.inputs(batch, torch.float32, "channels-last" in mode)
-        target = torch.randn_like(x)
+            params = list(net.parameters())
+            master = [nn.Parameter(p.detach().float().clone()) for p in params] if bf16_weights else params
+            if bf16_weights:
+                net = net.to(torch.bfloat16)
+            self.prepared[key] = (net, params, master, torch.optim.AdamW(master, lr=1e-5, fused=True))
+        net, params, master, optimizer = self.prepared[key]
+        x, t, tokens, pooled = self.inputs(batch, torch.bfloat16 if bf16_weights else torch.float32, "channels-last" in mode)
+        target = torch.randn_like(x, dtype=torch.float32)
 
         def run() -> None:
             with mode_cast(mode, self.device):
                 out = self.call(net, x, t, tokens, pooled)
             F.mse_loss(out.float(), target).backward()
+            if bf16_weights:
+                for m, p in zip(master, params):
+                    m.grad = None if p.grad is None else p.grad.float()  # unused parameters get none
+                    p.grad = None
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            if bf16_weights:
+                with torch.no_grad():
+                    torch._foreach_copy_(params, master)
 
         return synchronized(run, self.device)
 

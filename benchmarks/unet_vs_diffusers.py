@@ -40,7 +40,7 @@ from stages.unet import UNetConfig  # noqa: E402
 
 FORWARD_MODES = ["bf16-autocast channels-last", "bf16-weights channels-last"]
 DIFFUSERS_EXTRA = ["bf16-weights channels-last fused-qkv"]
-TRAIN_MODES = ["bf16-autocast", "bf16-autocast channels-last"]
+TRAIN_MODES = ["bf16-autocast", "bf16-autocast channels-last", "bf16-weights channels-last"]
 
 
 @dataclass(frozen=True)
