@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -157,23 +157,18 @@ class WordTeacher(nn.Module):
 
 def motion_negatives(scene: Any, rng: np.random.Generator) -> list[Any]:
     """The scene with one (random) group's motion replaced by each other motion."""
+    from cascade.training.world_captions import with_attribute
     from data_pipeline.world.constants import MOTIONS
 
     g = int(rng.integers(len(scene.groups)))
-    groups = list(scene.groups)
-    out = []
-    for motion in MOTIONS:
-        if motion != groups[g].motion:
-            changed = groups.copy()
-            changed[g] = replace(groups[g], motion=motion)
-            out.append(replace(scene, groups=tuple(changed)))
-    return out
+    return [with_attribute(scene, "motion", motion, g) for motion in MOTIONS if motion != scene.groups[g].motion]
 
 
 def clip_batch(tokenizer: Any, seeds: list[int], split: str, size: int, frames: int, rng: np.random.Generator,
                drop_words: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """World clips of ``seeds`` and their captions: frames [B, F, 3, H, W] in [-1, 1], positive ids
     [B, L], motion-negative ids [B, K, L] and which negatives differ from the positive [B, K]."""
+    from cascade.images import from_uint8
     from data_pipeline.world import caption, render_clip, sample_scene
 
     clips, positives, negatives = [], [], []
@@ -184,7 +179,7 @@ def clip_batch(tokenizer: Any, seeds: list[int], split: str, size: int, frames: 
         text = caption(scene, seed=caption_seed, drop_words=drop_words)
         positives.append(text)
         negatives.append([caption(other, seed=caption_seed, drop_words=drop_words) for other in motion_negatives(scene, rng)])
-    video = torch.from_numpy(np.stack(clips)).permute(0, 1, 4, 2, 3).float() / 127.5 - 1.0  # [B, F, 3, H, W]
+    video = from_uint8(np.stack(clips))  # [B, F, 3, H, W]
     has_negative = torch.tensor([[n != p for n in row] for p, row in zip(positives, negatives)])  # [B, K]
     negative_ids = tokenizer([n for row in negatives for n in row]).view(len(seeds), -1, tokenizer.context_length)
     return video, tokenizer(positives), negative_ids, has_negative
@@ -202,13 +197,16 @@ def load_clip_folder(folder: Path) -> tuple[nn.Module, Any]:
     return model.float(), clip_tokenizer(int(model_cfg["text_cfg"]["context_length"]))
 
 
-def motion_accuracy(teacher: WordTeacher, tokenizer: Any, seeds: list[int], settings: WordTeaching) -> float:
-    """On ``eval`` clips: how often the caption with the true motions beats every motion-changed one."""
-    rng = np.random.default_rng(1)
+def eval_batch(tokenizer: Any, settings: WordTeaching, clips: int = 64) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The first ``clips`` clips of the ``eval`` split with full captions and their motion negatives."""
+    return clip_batch(tokenizer, list(range(clips)), "eval", settings.size, settings.frames,
+                      np.random.default_rng(1), drop_words=False)
+
+
+def motion_accuracy(teacher: WordTeacher, batch: tuple[Tensor, Tensor, Tensor, Tensor]) -> float:
+    """How often the caption with the true motions beats every motion-changed one, on ``batch``."""
     with torch.no_grad():
-        video, positive, negative, has_negative = clip_batch(tokenizer, seeds, "eval", settings.size, settings.frames,
-                                                             rng, drop_words=False)
-        return float(teacher.loss(video, positive, negative, has_negative)[1])
+        return float(teacher.loss(*batch)[1])
 
 
 def teach(source: Path, out: Path, settings: WordTeaching, progress: bool = True) -> dict[str, Any]:
@@ -225,8 +223,8 @@ def teach(source: Path, out: Path, settings: WordTeaching, progress: bool = True
     teacher = WordTeacher(model, taught)
     optimizer = torch.optim.AdamW([{"params": [teacher.rows], "lr": settings.row_lr, "weight_decay": 0.0},
                                    {"params": teacher.motion.parameters(), "lr": settings.tower_lr}])
-    eval_seeds = list(range(64))
-    before = motion_accuracy(teacher, tokenizer, eval_seeds, settings)
+    held_out = eval_batch(tokenizer, settings)
+    before = motion_accuracy(teacher, held_out)
     rng = np.random.default_rng(settings.seed)
     bar = tqdm(range(settings.steps), desc="teach words", unit="step", disable=not progress)
     for _ in bar:
@@ -238,7 +236,7 @@ def teach(source: Path, out: Path, settings: WordTeaching, progress: bool = True
         loss.backward()
         optimizer.step()
         bar.set_postfix(loss=f"{loss.item():.3f}", hard=f"{accuracy.item():.2f}")
-    after = motion_accuracy(teacher, tokenizer, eval_seeds, settings)
+    after = motion_accuracy(teacher, held_out)
     words = [tokenizer.decode([t]).strip() for t in taught]
     report = {"source": str(source), "token_ids": taught, "words": words, "steps": settings.steps,
               "batch_size": settings.batch_size, "eval_motion_accuracy_before": before,
