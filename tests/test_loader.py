@@ -272,3 +272,37 @@ def test_a_saved_position_only_resumes_the_same_layout(tmp_path: Path) -> None:
     state = make_loader(tmp_path, batch_size=2, stage=StageSizes(16), seed=1).state_dict()
     with pytest.raises(UserError, match="saved with"):
         make_loader(tmp_path, batch_size=2, stage=StageSizes(16), seed=2).load_state_dict(state)
+
+
+def test_a_run_checkpointed_after_an_epoch_s_last_batch_resumes_into_the_next_epoch(tmp_path: Path) -> None:
+    """9 samples in batches of 3: a checkpoint after the 3rd batch has read the whole epoch; resuming
+    from it must start epoch 1, not stop with 'no usable sample' (seen resuming a 1024 px SR run)."""
+    from cascade.training.loop import endless_batches
+
+    _good_shards(tmp_path, [5, 4])
+    stage = StageSizes(16, low_res=8, crop=8, blur_sigma=(0.3, 1.0))
+
+    def loader():
+        return make_loader(tmp_path, batch_size=3, stage=stage, seed=1, shuffle_buffer=4)
+
+    first = loader()
+    run = endless_batches(first)
+    [next(run) for _ in range(3)]
+    state = first.state_dict()
+    assert state["epoch"] == 0 and state["consumed"] == {"0": 9}
+    resumed = loader()
+    resumed.load_state_dict(state)
+    after_resume = next(endless_batches(resumed))
+    fresh = loader()
+    fresh.set_epoch(1)
+    assert after_resume["key"] == next(iter(fresh))["key"]
+    assert resumed.position.epoch == 1
+
+
+def test_shards_without_a_usable_sample_stop_training_with_a_clear_error(tmp_path: Path) -> None:
+    from cascade.training.loop import endless_batches
+
+    _good_shards(tmp_path, [2])
+    stage = StageSizes(64, low_res=8, crop=8, blur_sigma=(0.3, 1.0))  # 16 px samples: all too small
+    with pytest.raises(UserError, match="no usable sample"):
+        next(endless_batches(make_loader(tmp_path, batch_size=2, stage=stage)))

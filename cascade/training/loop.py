@@ -52,14 +52,20 @@ class RunResult:
     skipped: dict[str, int]
 
 
-def _batches(loader: Any) -> Any:
-    """The loader's batches epoch after epoch, forever (the caller stops at max_steps)."""
+def endless_batches(loader: Any) -> Any:
+    """The loader's batches epoch after epoch, forever (the caller stops at max_steps).
+
+    An epoch resumed from a checkpoint taken after its last batch yields nothing and is simply
+    over; only an epoch read from its start without a single batch means the shards are unusable.
+    (A loader without a ``position``, as the joint image-video one, is itself endless.)
+    """
     while True:
-        got_any = False
+        position = getattr(loader, "position", None)
+        from_start, got_any = position is None or not position.consumed, False
         for batch in loader:
             got_any = True
             yield batch
-        if not got_any:
+        if from_start and not got_any:
             raise UserError("the training shards yielded no usable sample (see the skip counts)")
         loader.set_epoch(loader.position.epoch)
 
@@ -94,7 +100,7 @@ def train(task: TrainTask, config: TrainConfig, dist: DistInfo, out_dir: Path, m
         save_checkpoint(checkpoints, step, engine, dist, ema, rank_state, rng_state, config.keep_checkpoints)
 
     progress = tqdm(total=max_steps, initial=step, disable=not dist.is_main, desc=f"train {config.stage.name}", unit="step")
-    batches = _batches(loader)
+    batches = endless_batches(loader)
     started, start_step, last_loss, window = time.perf_counter(), step, float("nan"), []
     try:
         while step < max_steps:
