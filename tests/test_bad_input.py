@@ -131,6 +131,8 @@ def other_cases(p: dict[str, Path]) -> list[list[str]]:
         ["eval", "--checkpoint", "{cascade}", "--steps", "0"],
         ["eval", "--checkpoint", str(p["missing"])],
         ["eval", "--checkpoint", "{cascade}", "--size", "48"],
+        ["eval", "--checkpoint", "{cascade}", "--sr", "64"],
+        ["eval", "--checkpoint", "{cascade}", "--sr", "x"],
         ["export", str(p["missing"]), "--out", str(p["root"] / "x")],
         ["export", str(p["dir"]), "--out", str(p["root"] / "x")],
         ["export", str(p["file"]), "--out", str(p["root"] / "x")],

@@ -48,3 +48,20 @@ def test_eval_writes_its_report(tiny_cascade: Path, tmp_path: Path) -> None:
     assert [(row["from"], row["to"]) for row in sr] == [(16, 32)]
     assert sr[0]["bicubic_psnr"] > 15  # bicubic of a true render is close; the untrained stage is not
     assert "steps -> all-correct: 2:" in result.stdout
+
+
+def test_sr_fidelity_of_one_stage_is_chosen_by_the_size_it_makes(tiny_cascade: Path) -> None:
+    import pytest
+
+    from cascade.errors import UserError
+    from cascade.evaluation.sr_fidelity import sr_fidelity, sr_stage_indices
+    from cascade.pipeline import Cascade
+
+    cascade = Cascade.load(tiny_cascade)
+    assert sr_stage_indices(cascade) == sr_stage_indices(cascade, (32,)) == [1]
+    with pytest.raises(UserError, match="make 32 px"):
+        sr_stage_indices(cascade, (16, 64))
+    rows = sr_fidelity(cascade, "eval", n=2, batch_size=2, stages=[1])
+    assert [(row["from"], row["to"], row["n"]) for row in rows] == [(16, 32, 2)]
+    assert rows[0]["psnr_gain_db"] == rows[0]["psnr"] - rows[0]["bicubic_psnr"]
+    assert sr_fidelity(cascade, "eval", n=2, batch_size=2, stages=[]) == []

@@ -27,7 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--steps", type=_numbers(int, "--steps"), help="steps per stage")
     parser.add_argument("--guidance", type=_numbers(float, "--guidance"), help="guidance scale(s)")
     parser.add_argument("--batch-size", type=int, default=8, help="prompts rendered together (default 8)")
-    parser.add_argument("--sr", action="store_true", help="also measure super-resolution fidelity")
+    parser.add_argument("--sr", nargs="?", const=(), type=_numbers(int, "--sr"), metavar="SIZES",
+                        help="also measure super-resolution fidelity: of every SR stage, or of those making "
+                        "SIZES (e.g. --sr 256); on the first min(N, 100) scenes")
     parser.add_argument("--steps-curve", type=_numbers(int, "--steps-curve"), help="e.g. 5,10,20,50: all-correct vs steps")
     parser.add_argument("--out", type=Path, default=Path("eval"), help="report folder (default ./eval)")
     parser.set_defaults(func=run)
@@ -46,17 +48,22 @@ def run(args: argparse.Namespace) -> int:
     request = EvalRequest(checkpoint=folder, split=args.split, n=args.n, video=args.video, size=args.size,
                           sampler=args.sampler, steps=args.steps, guidance=args.guidance,
                           batch_size=args.batch_size, out=args.out)
-    result = evaluate_cascade(request)
-    print(markdown_table(result["accuracy"], f"{args.split}: {args.n} prompts at {result['size']} px"))
-    if args.sr or args.steps_curve:
+    if args.sr is not None or args.steps_curve:
         from cascade.pipeline import Cascade
 
         cascade = Cascade.load(folder)
-    if args.sr:
+    if args.sr is not None:
+        from cascade.evaluation.sr_fidelity import sr_stage_indices
+
+        sr_stages = sr_stage_indices(cascade, args.sr)  # a size it has no stage for fails before any work
+    result = evaluate_cascade(request)
+    print(markdown_table(result["accuracy"], f"{args.split}: {args.n} prompts at {result['size']} px"))
+    if args.sr is not None:
         from cascade.evaluation.sr_fidelity import sr_fidelity
 
         rows = sr_fidelity(cascade, args.split, min(args.n, 100), args.batch_size,
-                           cascade.settings(sampler=args.sampler, steps=args.steps, guidance=args.guidance))
+                           cascade.settings(sampler=args.sampler, steps=args.steps, guidance=args.guidance),
+                           stages=sr_stages)
         atomic_write_text(args.out / "sr_fidelity.json", json.dumps(rows, indent=1))
         for row in rows:
             print(f"SR {row['from']}->{row['to']}: PSNR {row['psnr']:.2f} dB (bicubic {row['bicubic_psnr']:.2f}), "

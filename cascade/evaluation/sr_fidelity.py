@@ -3,11 +3,13 @@ PSNR / SSIM against the true high-res render are compared with bicubic upsamplin
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from cascade.errors import UserError
 from cascade.images import from_uint8
 
 
@@ -47,8 +49,20 @@ def bicubic(low: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(low, size=(size, size), mode="bicubic", align_corners=False).clamp(-1, 1)
 
 
-def sr_fidelity(cascade: Any, split: str = "eval", n: int = 50, batch_size: int = 8, settings: Any = None) -> list[dict[str, Any]]:
-    """For each SR stage: mean PSNR and SSIM of the stage and of bicubic upsampling, from true low-res renders."""
+def sr_stage_indices(cascade: Any, sizes: Sequence[int] = ()) -> list[int]:
+    """Indices into ``cascade.stages`` of the SR stages making ``sizes`` (all of them when empty)."""
+    made = cascade.sizes[1:]
+    unknown = [size for size in sizes if size not in made]
+    if unknown:
+        have = ", ".join(map(str, made)) or "none"
+        raise UserError(f"--sr {','.join(map(str, unknown))}: this cascade's super-resolution stages make {have} px")
+    return [index for index, size in enumerate(made, start=1) if not sizes or size in sizes]
+
+
+def sr_fidelity(cascade: Any, split: str = "eval", n: int = 50, batch_size: int = 8, settings: Any = None,
+                stages: Sequence[int] | None = None) -> list[dict[str, Any]]:
+    """For each SR stage (or those at ``stages``, indices into ``cascade.stages``): mean PSNR and SSIM
+    of the stage and of bicubic upsampling, from true low-res renders of the first ``n`` scenes."""
     import numpy as np
 
     from data_pipeline.world import caption, render_image, sample_scene
@@ -57,7 +71,7 @@ def sr_fidelity(cascade: Any, split: str = "eval", n: int = 50, batch_size: int 
     scenes = [sample_scene(split, seed) for seed in range(n)]
     captions = [caption(scene, style="compact", seed=scene.seed) for scene in scenes]
     results = []
-    for index in range(1, len(cascade.stages)):
+    for index in stages if stages is not None else range(1, len(cascade.stages)):
         low_size, size = cascade.stages[index - 1].config.resolution, cascade.stages[index].config.resolution
         scores = {"stage": [], "bicubic": []}
         for start in range(0, n, batch_size):
