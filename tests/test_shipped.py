@@ -55,14 +55,15 @@ def test_the_shipped_super_resolution_stage_beats_bicubic_upsampling() -> None:
     assert result["psnr"] > result["bicubic_psnr"] + 1.0, result
 
 
-def test_the_shipped_1024_stage_is_at_least_as_faithful_as_bicubic_upsampling() -> None:
-    """From true 256 px world renders, the 1024 px stage is no further from the true 1024 px render
-    than bicubic upsampling (it was measured +0.26 dB over 4 scenes; the broken image-diffusing SR
-    of an earlier version was 20 dB below)."""
+def test_the_shipped_1024_stage_is_more_faithful_than_bicubic_upsampling() -> None:
+    """From true 256 px world renders, the 1024 px stage lands closer to the true 1024 px render than
+    bicubic upsampling. These first two eval scenes are smooth ones where bicubic is already at 42 dB
+    (the release measured +0.74 dB on them, +2.61 dB on 24 scenes; the broken image-diffusing SR of
+    an earlier version was 20 dB below)."""
     from cascade.evaluation.sr_fidelity import sr_fidelity
     from cascade.pipeline import Cascade
 
     cascade = Cascade.load(DEFAULT_CASCADE)
     assert cascade.sizes == [64, 256, 1024]
-    results = {r["to"]: r for r in sr_fidelity(cascade, "eval", n=2, batch_size=2)}
-    assert results[1024]["psnr"] > results[1024]["bicubic_psnr"] - 0.1, results[1024]
+    (result,) = sr_fidelity(cascade, "eval", n=2, batch_size=2, stages=[2])
+    assert result["to"] == 1024 and result["psnr"] > result["bicubic_psnr"] + 0.4, result
