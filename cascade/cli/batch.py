@@ -15,8 +15,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="render all prompts of a .txt/.jsonl/.csv file into a folder (resumable, multi-rank)",
         description="Each output's seed depends only on (--seed, item id, index), so results do not depend on "
         "batching or ranks. Rerunning the same command skips finished outputs; under torchrun or the "
-        "deepspeed launcher the outputs are split over the ranks. --compile is not offered: compiling "
-        "costs 60-100 s per shape on a CPU.",
+        "deepspeed launcher the outputs are split over the ranks. --compile is not offered: on a 2-core CPU "
+        "torch.compile took about 60 s per shape and made the base U-Net slower, not faster "
+        "(benchmarks/unet_vs_diffusers.py --compile).",
     )
     parser.add_argument("--prompts", type=Path, required=True, help=".txt (one prompt a line), .jsonl or .csv")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
