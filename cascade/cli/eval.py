@@ -53,14 +53,12 @@ def run(args: argparse.Namespace) -> int:
 
         cascade = Cascade.load(folder)
     if args.sr is not None:
-        from cascade.evaluation.sr_fidelity import sr_stage_indices
+        from cascade.evaluation.sr_fidelity import sr_fidelity, sr_stage_indices
 
         sr_stages = sr_stage_indices(cascade, args.sr)  # a size it has no stage for fails before any work
     result = evaluate_cascade(request)
     print(markdown_table(result["accuracy"], f"{args.split}: {args.n} prompts at {result['size']} px"))
     if args.sr is not None:
-        from cascade.evaluation.sr_fidelity import sr_fidelity
-
         rows = sr_fidelity(cascade, args.split, min(args.n, 100), args.batch_size,
                            cascade.settings(sampler=args.sampler, steps=args.steps, guidance=args.guidance),
                            stages=sr_stages)
