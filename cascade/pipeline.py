@@ -88,6 +88,11 @@ class Cascade:
             video_stage = load_stage(folder / config.video)
         spec = resolve_encoder_spec(config.text_encoder, folder)
         encoder = CachedTextEncoder(load_text_encoder(spec, max_length=config.text_max_length), max_items=4096)
+        from cascade.training.diffusion_task import check_text_dims
+
+        for stage in [*stages, video_stage]:
+            if stage is not None:
+                check_text_dims(stage, encoder)
         for module in [*stages, video_stage, prior]:
             if module is not None:
                 module.to(device)
@@ -149,9 +154,10 @@ class Cascade:
         return [output.cpu() for output in outputs]
 
     def encode_text(self, prompts: Sequence[str]) -> Conditioning:
-        """The text conditioning of ``prompts``: tokens [B, L, D], mask [B, L], pooled [B, D]."""
+        """The text conditioning of ``prompts``: tokens [B, L, D], mask [B, L], pooled [B, D], words [B, L, D_words]."""
         embedding = self.encoder.encode(list(prompts))
-        text = Conditioning(text_tokens=embedding.tokens, text_mask=embedding.mask, pooled=embedding.pooled)
+        text = Conditioning(text_tokens=embedding.tokens, text_mask=embedding.mask, pooled=embedding.pooled,
+                            text_words=embedding.words)
         return text.to(self.device)
 
     def image_embedding(self, text: Conditioning, generators: list[torch.Generator],

@@ -12,6 +12,8 @@ class Conditioning:
     """Per-sample conditioning of a U-Net call; every field is optional.
 
     - ``text_tokens`` [B, L, D_text] and ``text_mask`` [B, L] bool (True = a real token);
+    - ``text_words`` [B, L, D_words]: the text encoder's first-layer input per token (its word and
+      position embeddings, :class:`cascade.text.TextEmbedding`), read by stages with ``text_word_dim``;
     - ``pooled`` [B, D_pooled]: the pooled text embedding, added to the time embedding;
     - ``image_embed`` [B, E]: a CLIP image embedding (unCLIP), added and turned into extra tokens;
     - ``low_res`` [B, C, H, W] (or [B, F, C, H, W]): the low-resolution image already resized to the
@@ -25,6 +27,7 @@ class Conditioning:
 
     text_tokens: torch.Tensor | None = None
     text_mask: torch.Tensor | None = None
+    text_words: torch.Tensor | None = None
     pooled: torch.Tensor | None = None
     image_embed: torch.Tensor | None = None
     low_res: torch.Tensor | None = None

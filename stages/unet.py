@@ -36,6 +36,7 @@ class UNetConfig:
     head_dim: int = 32
     dropout: float = 0.0
     text_dim: int | None = None
+    text_word_dim: int | None = None
     pooled_dim: int | None = None
     image_embed_dim: int | None = None
     image_tokens: int = 4
@@ -67,7 +68,7 @@ class UNetConfig:
 
 def _cast(cond: Conditioning, dtype: torch.dtype) -> Conditioning:
     """The floating-point conditioning tensors in the network's weight dtype (bf16 weights take bf16)."""
-    names = ("text_tokens", "pooled", "image_embed")
+    names = ("text_tokens", "text_words", "pooled", "image_embed")
     changes = {n: getattr(cond, n).to(dtype) for n in names if getattr(cond, n) is not None and getattr(cond, n).dtype != dtype}
     return replace(cond, **changes) if changes else cond
 
@@ -126,6 +127,13 @@ class UNet(nn.Module):
         self.aug_embed = TimeEmbedding(c.base_channels, c.embed_dim) if c.noise_augmentation else None
         self.pooled_embed = NullableProjection(c.pooled_dim, c.embed_dim) if c.pooled_dim else None
         self.text_context = NullableProjection(c.text_dim, c.context_dim) if c.text_dim else None
+        # The encoder's word embeddings, added to each token's context through a zero-initialised
+        # projection: a stage trained without them computes the same at first. A small contrastive
+        # text encoder folds words together in its final states ("cube" and "sphere" differ by a third
+        # of a state's norm in the world CLIP's); its word embeddings keep every word apart.
+        self.text_words = None
+        if c.text_dim and c.text_word_dim:
+            self.text_words = nn.Sequential(nn.LayerNorm(c.text_word_dim), zero_module(nn.Linear(c.text_word_dim, c.context_dim)))
         self.image_embed = NullableProjection(c.image_embed_dim, c.embed_dim) if c.image_embed_dim else None
         self.image_context = (
             NullableProjection(c.image_embed_dim, c.image_tokens * c.context_dim) if c.image_embed_dim else None
@@ -173,6 +181,10 @@ class UNet(nn.Module):
         tokens, masks = [], []
         if self.text_context is not None and cond.text_tokens is not None:
             text = self.text_context(cond.text_tokens, None)  # [B, L, D_ctx]
+            if self.text_words is not None:
+                if cond.text_words is None:
+                    raise ValueError("this U-Net reads the text encoder's word embeddings (text_word_dim) but got none")
+                text = text + self.text_words(cond.text_words)  # [B, L, D_ctx]
             mask = cond.text_mask if cond.text_mask is not None else torch.ones(text.shape[:2], dtype=torch.bool, device=text.device)
             if cond.drop_text is not None:
                 null = self.text_context.null.to(text.dtype)

@@ -49,6 +49,28 @@ def test_cached_batches_equal_the_wrapped_encoders() -> None:
     assert (cached.hits, cached.misses) == (3, 3)
 
 
+class WordsEncoder(CountingEncoder):
+    """The counting encoder, with words: each token's state times 10."""
+
+    word_dim = 4  # type: ignore[assignment]
+
+    def _encode(self, prompts: list[str]) -> TextEmbedding:
+        emb = super()._encode(prompts)
+        return TextEmbedding(tokens=emb.tokens, mask=emb.mask, pooled=emb.pooled, words=emb.tokens * 10.0)
+
+
+def test_cached_words_equal_the_wrapped_encoders() -> None:
+    inner = WordsEncoder()
+    cached = CachedTextEncoder(inner, max_items=10)
+    cached.encode(["a red cat", "two blue spheres at sea"])
+    got = cached.encode(["two blue spheres at sea", "one", "a red cat"])  # two from the cache, one new
+    want = inner.encode(["two blue spheres at sea", "one", "a red cat"])
+    assert cached.word_dim == 4 and got.words is not None
+    assert torch.equal(got.words, want.words) and torch.equal(got.tokens, want.tokens)
+    assert torch.all(got.words[~got.mask] == 0)
+    assert CachedTextEncoder(CountingEncoder()).encode(["one"]).words is None
+
+
 def test_least_recently_used_prompts_are_evicted() -> None:
     inner = CountingEncoder()
     cached = CachedTextEncoder(inner, max_items=2)

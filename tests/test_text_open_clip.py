@@ -148,3 +148,18 @@ def test_architectures_that_cannot_work_are_refused(tmp_path: Path, arch: str, m
 def test_weights_path_must_be_a_weights_file(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="wants a weights file"):
         load_text_encoder(f"clip:ViT-B-32:{tmp_path}")
+
+
+def test_words_are_the_token_and_position_embeddings(clip: OpenClipTextEncoder, clip_dir: Path) -> None:
+    import open_clip
+
+    emb = clip.encode([LONG, SHORT])
+    reference = open_clip.create_model(f"local-dir:{clip_dir}").eval()
+    ids = open_clip.get_tokenizer(f"local-dir:{clip_dir}")([LONG, SHORT])[:, : emb.tokens.shape[1]]  # [2, L]
+    with torch.no_grad():
+        want = reference.token_embedding(ids) + reference.positional_embedding[: ids.shape[1]]  # [2, L, 32]
+    assert clip.word_dim == 32 and emb.words is not None and emb.words.shape == emb.tokens.shape
+    assert torch.allclose(emb.words[emb.mask], want[emb.mask], atol=1e-6)
+    assert torch.all(emb.words[~emb.mask] == 0)
+    alone = clip.encode([SHORT])
+    assert torch.allclose(emb.words[1, : int(alone.lengths[0])], alone.words[0], atol=1e-6)

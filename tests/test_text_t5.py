@@ -168,3 +168,16 @@ def test_hf_sentence_encoder(bert_dir: Path) -> None:
     assert torch.allclose(emb.pooled[1], alone.tokens[0].mean(0), atol=1e-5)
     with pytest.raises(UserError, match="max_length 100 is more than the 64 positions"):
         load_text_encoder(f"hf:{bert_dir}", max_length=100)
+
+
+def test_words_are_the_embedding_layers_output(t5: HFTextEncoder, t5_dir: Path) -> None:
+    from transformers import AutoTokenizer, T5EncoderModel
+
+    model = T5EncoderModel.from_pretrained(str(t5_dir), local_files_only=True).eval()
+    ids = AutoTokenizer.from_pretrained(str(t5_dir), local_files_only=True)([LONG], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        want = model.get_input_embeddings()(ids)[0]  # [L, D]: T5 adds no position embedding
+    emb = t5.encode([LONG, SHORT])
+    assert t5.word_dim == 32 and emb.words is not None and emb.words.shape == emb.tokens.shape
+    assert torch.allclose(emb.words[0], want, atol=1e-6)
+    assert torch.all(emb.words[~emb.mask] == 0)

@@ -173,6 +173,32 @@ def test_text_padding_does_not_change_the_output() -> None:
         assert not torch.allclose(net(x, t, conditioning(2, lengths=[6, 6])), ref, atol=1e-3)  # the mask matters
 
 
+def test_word_embeddings_start_at_zero_then_steer_the_output() -> None:
+    """``text_word_dim``: a U-Net reading the encoder's word embeddings computes exactly what the same
+    U-Net without them does until its zero-initialised projection learns; then the words change the
+    output, a dropped prompt ignores them, and a call without them is an error."""
+    plain = perturbed(UNet(config())).eval()
+    words_net = UNet(config(text_word_dim=12)).eval()
+    missing, _ = words_net.load_state_dict(plain.state_dict(), strict=False)
+    assert missing and all(k.startswith("text_words.") for k in missing)
+    x, t = inputs((2, 3, 16, 16))
+    g = torch.Generator().manual_seed(5)
+    cond = conditioning(2, lengths=[5, 3], text_words=torch.randn(2, L, 12, generator=g))
+    other = Conditioning(**{**cond.__dict__, "text_words": torch.randn(2, L, 12, generator=g)})
+    dropped = [Conditioning(**{**c.__dict__, "drop_text": torch.ones(2, dtype=torch.bool)}) for c in (cond, other)]
+    with torch.no_grad():
+        torch.testing.assert_close(words_net(x, t, cond), plain(x, t, cond), rtol=0, atol=0)
+        perturbed(words_net, seed=3, skip=tuple(k for k in words_net.state_dict() if not k.startswith("text_words.")))
+        assert not torch.allclose(words_net(x, t, cond), words_net(x, t, other), atol=1e-3)
+        torch.testing.assert_close(words_net(x, t, dropped[0]), words_net(x, t, dropped[1]), rtol=0, atol=0)
+        with pytest.raises(ValueError, match="word embeddings"):
+            words_net(x, t, conditioning(2))
+    fresh = UNet(config(text_word_dim=12))
+    fresh.load_state_dict(plain.state_dict(), strict=False)  # trained elsewhere, zero word projection
+    fresh(x, t, cond).square().mean().backward()
+    assert float(fresh.text_words[1].weight.grad.abs().sum()) > 0  # the zero start learns
+
+
 def test_guidance_batch_equals_two_separate_forwards() -> None:
     """[cond; uncond] in one batched forward is the conditional and the unconditional forward."""
     net = perturbed(UNet(config(image_embed_dim=20, image_tokens=2))).eval()

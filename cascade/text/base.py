@@ -9,6 +9,12 @@ Contract of :meth:`TextEncoder.encode` (all encoders, cached or not):
   each row is a run of True followed by a run of False (at least one True).
 - ``pooled``: float32 ``[B, D_pooled]``, one vector per prompt (what it is depends on
   the encoder: see each encoder's docstring).
+- ``words``: float32 ``[B, L, D_words]`` or None, the input of the encoder's first layer at each
+  token (token embedding, plus the position embedding where the encoder adds one): what each word
+  is before the transformer mixes the prompt. A small encoder trained contrastively can fold words
+  together in its final states (the world CLIP: "cube" and "sphere" differ by a third of a state's
+  norm there, by more than its whole norm here); a stage that reads these sees every word apart.
+  Zero at padding, like ``tokens``.
 
 A prompt's embedding does not depend on the other prompts of its batch (up to float
 rounding), so embeddings can be cached per prompt and precomputed per sample. The
@@ -37,11 +43,13 @@ class TextEmbedding:
     :param tokens: float ``[B, L, D]`` per-token states; zero where ``mask`` is False.
     :param mask: bool ``[B, L]``, True on real tokens; each row is True then False.
     :param pooled: float ``[B, D_pooled]``, one vector per prompt.
+    :param words: float ``[B, L, D_words]`` or None: the encoder's first-layer input per token.
     """
 
     tokens: Tensor
     mask: Tensor
     pooled: Tensor
+    words: Tensor | None = None
 
     def __post_init__(self) -> None:
         t, m, p = self.tokens, self.mask, self.pooled
@@ -57,6 +65,8 @@ class TextEmbedding:
                 f"TextEmbedding shapes disagree: tokens {tuple(t.shape)}, mask {tuple(m.shape)}, "
                 f"pooled {tuple(p.shape)}"
             )
+        if self.words is not None and (self.words.ndim != 3 or tuple(self.words.shape[:2]) != tuple(t.shape[:2])):
+            raise ValueError(f"TextEmbedding words {tuple(self.words.shape)} do not match tokens {tuple(t.shape)}")
         lengths = m.sum(dim=1)  # [B]
         prefix = torch.arange(m.shape[1], device=m.device)[None, :] < lengths[:, None]  # [B, L]
         if not torch.equal(prefix, m) or bool((lengths == 0).any()):
@@ -71,35 +81,54 @@ class TextEmbedding:
         return self.mask.sum(dim=1)
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "TextEmbedding":
-        """Move ``tokens`` and ``pooled`` to ``device`` / ``dtype``; the mask stays bool."""
+        """Move ``tokens``, ``pooled`` and ``words`` to ``device`` / ``dtype``; the mask stays bool."""
         return TextEmbedding(
             tokens=self.tokens.to(device=device, dtype=dtype),
             mask=self.mask.to(device=device),
             pooled=self.pooled.to(device=device, dtype=dtype),
+            words=None if self.words is None else self.words.to(device=device, dtype=dtype),
         )
 
     def unbatch(self) -> list[tuple[Tensor, Tensor]]:
         """Split into per-prompt ``(tokens [L_i, D], pooled [D_pooled])``, cut to the true lengths."""
         return [(self.tokens[i, :n], self.pooled[i]) for i, n in enumerate(self.lengths.tolist())]
 
+    def unbatch_words(self) -> list[Tensor | None]:
+        """Per prompt, ``words [L_i, D_words]`` cut to its true length (None for each if there are none)."""
+        if self.words is None:
+            return [None] * len(self)
+        return [self.words[i, :n] for i, n in enumerate(self.lengths.tolist())]
+
     @staticmethod
-    def from_sequences(tokens: Sequence[Tensor], pooled: Sequence[Tensor] | Tensor) -> "TextEmbedding":
+    def from_sequences(tokens: Sequence[Tensor], pooled: Sequence[Tensor] | Tensor,
+                       words: Sequence[Tensor | None] | None = None) -> "TextEmbedding":
         """Batch per-prompt embeddings, padding on the right with zeros.
 
         :param tokens: B tensors ``[L_i, D]`` with ``L_i >= 1``.
         :param pooled: B tensors ``[D_pooled]`` or one tensor ``[B, D_pooled]``.
+        :param words: None, or B tensors ``[L_i, D_words]`` (all None: no words).
         """
         if len(tokens) == 0:
             raise ValueError("from_sequences needs at least one sequence")
-        lengths = [t.shape[0] for t in tokens]
-        first = tokens[0]
-        out = first.new_zeros((len(tokens), max(lengths), first.shape[-1]))  # [B, L, D]
-        mask = torch.zeros(out.shape[:2], dtype=torch.bool, device=first.device)  # [B, L]
-        for i, (t, n) in enumerate(zip(tokens, lengths)):
-            out[i, :n] = t
-            mask[i, :n] = True
+        out, mask = _pad_right(tokens)  # [B, L, D], [B, L]
         pooled_batch = pooled if isinstance(pooled, Tensor) else torch.stack(list(pooled))  # [B, D_pooled]
-        return TextEmbedding(tokens=out, mask=mask, pooled=pooled_batch)
+        if words is None or all(w is None for w in words):
+            return TextEmbedding(tokens=out, mask=mask, pooled=pooled_batch)
+        if any(w is None for w in words):
+            raise ValueError("from_sequences: words for some prompts but not for others")
+        return TextEmbedding(tokens=out, mask=mask, pooled=pooled_batch, words=_pad_right(words)[0])
+
+
+def _pad_right(sequences: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+    """B tensors ``[L_i, D]`` -> (zero-padded ``[B, max L_i, D]``, bool mask ``[B, max L_i]``)."""
+    lengths = [t.shape[0] for t in sequences]
+    first = sequences[0]
+    out = first.new_zeros((len(sequences), max(lengths), first.shape[-1]))
+    mask = torch.zeros(out.shape[:2], dtype=torch.bool, device=first.device)
+    for i, (t, n) in enumerate(zip(sequences, lengths)):
+        out[i, :n] = t
+        mask[i, :n] = True
+    return out, mask
 
 
 class TextEncoder(ABC):
@@ -131,6 +160,11 @@ class TextEncoder(ABC):
         """The most tokens (special tokens included) a prompt keeps; longer prompts are cut."""
 
     @property
+    def word_dim(self) -> int | None:
+        """D_words, the width of ``words``, or None when this encoder gives none."""
+        return None
+
+    @property
     def device(self) -> torch.device:
         """Where the model runs and where the returned tensors are."""
         return torch.device("cpu")
@@ -154,12 +188,13 @@ class TextEncoder(ABC):
         mask = raw.mask.clone()  # [B, L]
         tokens = torch.where(mask[..., None], raw.tokens.float(), 0.0)  # [B, L, D], zero padding
         pooled = raw.pooled.float().clone()  # [B, D_pooled]
+        words = None if raw.words is None else torch.where(mask[..., None], raw.words.float(), 0.0)  # [B, L, D_words]
         if not (bool(torch.isfinite(tokens).all()) and bool(torch.isfinite(pooled).all())):
             raise UserError(
                 f"text encoder {self.name} produced inf or nan (an overflow in {self._param_dtype()}?): "
                 "load it in bf16 or fp32"
             )
-        return TextEmbedding(tokens=tokens, mask=mask, pooled=pooled)
+        return TextEmbedding(tokens=tokens, mask=mask, pooled=pooled, words=words)
 
     def _param_dtype(self) -> str:
         dtype = getattr(self, "dtype", None)
@@ -180,13 +215,15 @@ class TextEncoder(ABC):
 class ModelTextEncoder(TextEncoder):
     """A text encoder around one torch model and its tokenizer, with fixed widths and length."""
 
-    def __init__(self, model: Any, tokenizer: Any, *, name: str, max_length: int, dim: int, pooled_dim: int) -> None:
+    def __init__(self, model: Any, tokenizer: Any, *, name: str, max_length: int, dim: int, pooled_dim: int,
+                 word_dim: int | None = None) -> None:
         super().__init__(name)
         self.model = model
         self.tokenizer = tokenizer
         self._max_length = max_length
         self._dim = dim
         self._pooled_dim = pooled_dim
+        self._word_dim = word_dim
 
     @property
     def dim(self) -> int:
@@ -199,6 +236,10 @@ class ModelTextEncoder(TextEncoder):
     @property
     def max_length(self) -> int:
         return self._max_length
+
+    @property
+    def word_dim(self) -> int | None:
+        return self._word_dim
 
     @property
     def device(self) -> torch.device:

@@ -2,7 +2,7 @@
 
 Because a prompt's embedding does not depend on its batch (zero padding, right-padded
 masks), the cache stores each prompt's ``(tokens [L_i, D], pooled [D_pooled])`` and
-re-batches them: a batch assembled from the cache equals the batch the wrapped encoder
+re-batches them (with its ``words [L_i, D_words]`` where the encoder gives them): a batch assembled from the cache equals the batch the wrapped encoder
 would return. Keys are the prompts exactly as given (no normalisation).
 """
 
@@ -34,7 +34,7 @@ class CachedTextEncoder(TextEncoder):
         self.max_items = max_items
         self.hits = 0
         self.misses = 0
-        self._items: OrderedDict[str, tuple[Tensor, Tensor]] = OrderedDict()
+        self._items: OrderedDict[str, tuple[Tensor, Tensor, Tensor | None]] = OrderedDict()
 
     @property
     def dim(self) -> int:
@@ -47,6 +47,10 @@ class CachedTextEncoder(TextEncoder):
     @property
     def max_length(self) -> int:
         return self.encoder.max_length
+
+    @property
+    def word_dim(self) -> int | None:
+        return self.encoder.word_dim
 
     @property
     def device(self) -> torch.device:
@@ -66,7 +70,7 @@ class CachedTextEncoder(TextEncoder):
     def encode(self, prompts: Sequence[str | bytes]) -> TextEmbedding:
         """Like :meth:`TextEncoder.encode`; cached prompts do not run the model."""
         texts = validate_prompts(prompts)
-        found: dict[str, tuple[Tensor, Tensor]] = {}
+        found: dict[str, tuple[Tensor, Tensor, Tensor | None]] = {}
         for text in texts:
             if text in found:
                 continue
@@ -78,12 +82,15 @@ class CachedTextEncoder(TextEncoder):
         self.misses += len(new)
         self.hits += len(texts) - len(new)
         if new:
-            for text, (tokens, pooled) in zip(new, self.encoder.encode(new).unbatch()):
-                found[text] = (tokens.clone(), pooled.clone())  # [L_i, D], [D_pooled]
+            embedding = self.encoder.encode(new)
+            for text, (tokens, pooled), words in zip(new, embedding.unbatch(), embedding.unbatch_words()):
+                # [L_i, D], [D_pooled], [L_i, D_words] or None
+                found[text] = (tokens.clone(), pooled.clone(), None if words is None else words.clone())
                 self._items[text] = found[text]
             while len(self._items) > self.max_items:
                 self._items.popitem(last=False)
-        return TextEmbedding.from_sequences([found[t][0] for t in texts], [found[t][1] for t in texts])
+        return TextEmbedding.from_sequences([found[t][0] for t in texts], [found[t][1] for t in texts],
+                                            [found[t][2] for t in texts])
 
     def _encode(self, prompts: list[str]) -> TextEmbedding:
         return self.encoder._encode(prompts)

@@ -4,7 +4,8 @@
 - mask: the tokenizer's attention mask (the prompt's tokens plus its special tokens,
   e.g. T5's closing ``</s>``, or BERT's ``[CLS]`` and ``[SEP]``);
 - pooled: the masked mean of the tokens, ``[B, D]`` (not normalised). T5 has no pooled
-  output, and a model's own pooler (BERT's ``tanh(W h_CLS)``) is never used.
+  output, and a model's own pooler (BERT's ``tanh(W h_CLS)``) is never used;
+- words: ``hidden_states[0]``, the embedding layer's output (T5: the token embeddings), ``[B, L, D]``.
 
 In fp16, ``transformers`` keeps T5's feed-forward output projections (``wo``) in fp32,
 because they overflow in fp16; bf16 casts every parameter.
@@ -43,7 +44,7 @@ class HFTextEncoder(ModelTextEncoder):
 
     def __init__(self, model: Any, tokenizer: Any, *, name: str, max_length: int) -> None:
         width = int(model.config.hidden_size)
-        super().__init__(model, tokenizer, name=name, max_length=max_length, dim=width, pooled_dim=width)
+        super().__init__(model, tokenizer, name=name, max_length=max_length, dim=width, pooled_dim=width, word_dim=width)
 
     def _encode(self, prompts: list[str]) -> TextEmbedding:
         full = self.tokenizer(prompts, truncation=False, verbose=False)["input_ids"]
@@ -53,9 +54,10 @@ class HFTextEncoder(ModelTextEncoder):
         )
         ids = batch["input_ids"].to(self.device)  # [B, L]
         mask = batch["attention_mask"].to(self.device).bool()  # [B, L]
-        hidden = self.model(input_ids=ids, attention_mask=mask.long()).last_hidden_state  # [B, L, D]
+        out = self.model(input_ids=ids, attention_mask=mask.long(), output_hidden_states=True)
+        hidden = out.last_hidden_state  # [B, L, D]
         pooled = masked_mean(hidden.float(), mask)  # [B, D]
-        return TextEmbedding(tokens=hidden, mask=mask, pooled=pooled)
+        return TextEmbedding(tokens=hidden, mask=mask, pooled=pooled, words=out.hidden_states[0])  # words [B, L, D]
 
 
 @contextlib.contextmanager

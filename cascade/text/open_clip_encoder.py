@@ -7,7 +7,8 @@ What the encoder returns (the DALL-E 2 / unCLIP convention):
 - mask: True up to and including the end-of-text token (start token included);
 - pooled: open_clip's ``encode_text`` output, i.e. the end-of-text state projected by
   ``text_projection``, ``[B, embed_dim]``, *not* L2-normalised (normalise it yourself for
-  cosine similarity; the norm is kept so that nothing is lost).
+  cosine similarity; the norm is kept so that nothing is lost);
+- words: the transformer's input, token embedding plus position embedding, ``[B, L, width]``.
 
 The transformer always runs on the full context (the tokenizer pads every prompt to the
 context length, as open_clip does), so the results are exactly open_clip's own, and a
@@ -55,6 +56,8 @@ class OpenClipTextEncoder(ModelTextEncoder):
     def __init__(self, model: nn.Module, tokenizer: Any, *, name: str, max_length: int | None = None) -> None:
         tower = _text_tower(model)
         self._ln_final: nn.Module = tower.ln_final
+        self._token_embedding: nn.Module = tower.token_embedding
+        self._positional_embedding: Tensor | None = getattr(tower, "positional_embedding", None)  # [ctx, width]
         self.context_length = int(tower.context_length)
         max_length = self.context_length if max_length is None else max_length
         if not 2 <= max_length <= self.context_length:
@@ -67,7 +70,8 @@ class OpenClipTextEncoder(ModelTextEncoder):
             pooled_width = int(projection.out_features)
         else:
             pooled_width = int(projection.shape[1])
-        super().__init__(model, tokenizer, name=name, max_length=max_length, dim=width, pooled_dim=pooled_width)
+        super().__init__(model, tokenizer, name=name, max_length=max_length, dim=width, pooled_dim=pooled_width,
+                         word_dim=width)
 
     def _encode(self, prompts: list[str]) -> TextEmbedding:
         tok = self.tokenizer
@@ -87,7 +91,10 @@ class OpenClipTextEncoder(ModelTextEncoder):
         longest = int(lengths.max())
         positions = torch.arange(longest, device=ids.device)  # [L]
         mask = positions[None, :] < lengths[:, None]  # [B, L]
-        return TextEmbedding(tokens=states[:, :longest], mask=mask, pooled=pooled)
+        words = self._token_embedding(ids[:, :longest])  # [B, L, width]
+        if self._positional_embedding is not None:
+            words = words + self._positional_embedding[:longest].to(words.dtype)
+        return TextEmbedding(tokens=states[:, :longest], mask=mask, pooled=pooled, words=words)
 
 
 def _text_tower(model: nn.Module) -> Any:

@@ -48,6 +48,7 @@ def load_decoder_image_encoder(stage: DiffusionStage, text_encoder: str | None) 
 
 
 def check_text_dims(stage: DiffusionStage, encoder: Any) -> None:
+    """A one-line error unless ``encoder`` gives what the stage's U-Net reads (token, pooled and word widths)."""
     unet = stage.config.unet
     if encoder is None:
         if unet.text_dim or unet.pooled_dim:
@@ -58,18 +59,29 @@ def check_text_dims(stage: DiffusionStage, encoder: Any) -> None:
             f"stage {stage.config.name!r} expects text dims {unet.text_dim}/{unet.pooled_dim} but the encoder "
             f"gives {encoder.dim}/{encoder.pooled_dim}"
         )
+    if unet.text_word_dim and unet.text_word_dim != encoder.word_dim:
+        raise UserError(
+            f"stage {stage.config.name!r} reads {unet.text_word_dim}-wide word embeddings but the encoder "
+            f"gives {encoder.word_dim or 'none'}"
+        )
 
 
 def text_conditioning(encoder: Any, captions: list[str], dtype: torch.dtype) -> Conditioning:
     if encoder is None:
         return Conditioning()
     emb = encoder.encode(captions)
-    return Conditioning(text_tokens=emb.tokens.to(dtype), text_mask=emb.mask, pooled=emb.pooled.to(dtype))
+    words = None if emb.words is None else emb.words.to(dtype)
+    return Conditioning(text_tokens=emb.tokens.to(dtype), text_mask=emb.mask, pooled=emb.pooled.to(dtype), text_words=words)
+
+
+#: Parameter names (beyond temporal layers) of branches that start as the identity: a release without them fits.
+_IDENTITY_AT_FIRST = ("network.text_words.",)
 
 
 def initialise_from_release(stage: DiffusionStage, folder: Path) -> None:
     """Start from a released stage's EMA weights; only layers the release lacks may stay new, and
-    they must be temporal layers (an image stage initialising its video variant: those start as identity)."""
+    they must be layers that start as the identity: temporal layers (an image stage initialising its
+    video variant) or the word-embedding projection (``text_word_dim``, zero at first)."""
     from safetensors.torch import load_file
 
     path = folder / "ema.safetensors"
@@ -80,8 +92,9 @@ def initialise_from_release(stage: DiffusionStage, folder: Path) -> None:
     unexpected = sorted(set(weights) - set(own))
     new = sorted(set(own) - set(weights))
     wrong = [k for k in weights if k in own and weights[k].shape != own[k].shape]
-    if unexpected or wrong or any("temporal" not in k for k in new):
-        bad = (unexpected or wrong or [k for k in new if "temporal" not in k])[0]
+    not_identity = [k for k in new if "temporal" not in k and not k.startswith(_IDENTITY_AT_FIRST)]
+    if unexpected or wrong or not_identity:
+        bad = (unexpected or wrong or not_identity)[0]
         raise UserError(f"init_from: {folder} does not fit stage {stage.config.name!r} (e.g. {bad!r})")
     stage.load_state_dict({k: v.to(own[k].dtype) for k, v in weights.items()}, strict=False)
 
