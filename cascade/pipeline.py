@@ -21,7 +21,7 @@ from cascade.release import load_stage
 from cascade.sampling import get_sampler, sample
 from cascade.sampling.guidance import check_guidance_scale
 from cascade.sampling.noise import randn
-from cascade.stage import DiffusionStage
+from cascade.stage import DiffusionStage, check_text_dims
 from stages.conditioning import Conditioning
 
 
@@ -88,11 +88,9 @@ class Cascade:
             video_stage = load_stage(folder / config.video)
         spec = resolve_encoder_spec(config.text_encoder, folder)
         encoder = CachedTextEncoder(load_text_encoder(spec, max_length=config.text_max_length), max_items=4096)
-        from cascade.training.diffusion_task import check_text_dims
-
         for stage in [*stages, video_stage]:
-            if stage is not None:
-                check_text_dims(stage, encoder)
+            if stage is not None and (stage.config.unet.text_dim or stage.config.unet.pooled_dim):
+                check_text_dims(stage, encoder)  # a stage that reads text reads this encoder's widths
         for module in [*stages, video_stage, prior]:
             if module is not None:
                 module.to(device)

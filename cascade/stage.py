@@ -238,3 +238,22 @@ def conditioned_denoiser(network: nn.Module, cond: Conditioning, schedule: Noise
         return denoiser_from_model(model_for(cond), schedule, prediction)
     paired = denoiser_from_model(model_for(cond.doubled_for_guidance()), schedule, prediction)
     return classifier_free_guidance(paired, scale)
+
+
+def check_text_dims(stage: DiffusionStage, encoder: object | None) -> None:
+    """A one-line error unless ``encoder`` gives what the stage's U-Net reads (token, pooled and word widths)."""
+    unet = stage.config.unet
+    if encoder is None:
+        if unet.text_dim or unet.pooled_dim:
+            raise UserError(f"stage {stage.config.name!r} is text-conditioned but the config names no text_encoder")
+        return
+    if unet.text_dim != encoder.dim or (unet.pooled_dim and unet.pooled_dim != encoder.pooled_dim):
+        raise UserError(
+            f"stage {stage.config.name!r} expects text dims {unet.text_dim}/{unet.pooled_dim} but the encoder "
+            f"gives {encoder.dim}/{encoder.pooled_dim}"
+        )
+    if unet.text_word_dim and unet.text_word_dim != encoder.word_dim:
+        raise UserError(
+            f"stage {stage.config.name!r} reads {unet.text_word_dim}-wide word embeddings but the encoder "
+            f"gives {encoder.word_dim or 'none'}"
+        )

@@ -11,7 +11,7 @@ import torch
 from cascade.errors import UserError
 from cascade.images import grid, save_png, save_video, to_uint8
 from cascade.sampling import sample
-from cascade.stage import DiffusionStage
+from cascade.stage import DiffusionStage, check_text_dims
 from cascade.training.config import TrainConfig
 from cascade.training.distributed import DistInfo
 from cascade.training.engine import resolve_path
@@ -45,25 +45,6 @@ def load_decoder_image_encoder(stage: DiffusionStage, text_encoder: str | None) 
     if encoder.embed_dim != dim:
         raise UserError(f"unet.image_embed_dim is {dim} but the CLIP image tower gives {encoder.embed_dim}")
     return encoder
-
-
-def check_text_dims(stage: DiffusionStage, encoder: Any) -> None:
-    """A one-line error unless ``encoder`` gives what the stage's U-Net reads (token, pooled and word widths)."""
-    unet = stage.config.unet
-    if encoder is None:
-        if unet.text_dim or unet.pooled_dim:
-            raise UserError(f"stage {stage.config.name!r} is text-conditioned but the config names no text_encoder")
-        return
-    if unet.text_dim != encoder.dim or (unet.pooled_dim and unet.pooled_dim != encoder.pooled_dim):
-        raise UserError(
-            f"stage {stage.config.name!r} expects text dims {unet.text_dim}/{unet.pooled_dim} but the encoder "
-            f"gives {encoder.dim}/{encoder.pooled_dim}"
-        )
-    if unet.text_word_dim and unet.text_word_dim != encoder.word_dim:
-        raise UserError(
-            f"stage {stage.config.name!r} reads {unet.text_word_dim}-wide word embeddings but the encoder "
-            f"gives {encoder.word_dim or 'none'}"
-        )
 
 
 def text_conditioning(encoder: Any, captions: list[str], dtype: torch.dtype) -> Conditioning:
