@@ -8,7 +8,7 @@ sees times in [0, 1000) whatever the schedule's units (:func:`cascade.diffusion.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,10 @@ from cascade.sampling.noise import Generators, randn
 from cascade.sampling.guidance import check_guidance_scale, classifier_free_guidance, dynamic_threshold, static_clip
 from stages.conditioning import Conditioning
 from stages.unet import UNet, UNetConfig
+
+if TYPE_CHECKING:
+    from cascade.text.base import TextEncoder
+
 
 @dataclass(frozen=True)
 class ScheduleConfig:
@@ -240,7 +244,7 @@ def conditioned_denoiser(network: nn.Module, cond: Conditioning, schedule: Noise
     return classifier_free_guidance(paired, scale)
 
 
-def check_text_dims(stage: DiffusionStage, encoder: object | None) -> None:
+def check_text_dims(stage: DiffusionStage, encoder: TextEncoder | None) -> None:
     """A one-line error unless ``encoder`` gives what the stage's U-Net reads (token, pooled and word widths)."""
     unet = stage.config.unet
     if encoder is None:

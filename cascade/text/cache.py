@@ -1,9 +1,9 @@
 """An in-memory LRU cache of prompt embeddings around any :class:`TextEncoder`.
 
 Because a prompt's embedding does not depend on its batch (zero padding, right-padded
-masks), the cache stores each prompt's ``(tokens [L_i, D], pooled [D_pooled])`` and
-re-batches them (with its ``words [L_i, D_words]`` where the encoder gives them): a batch assembled from the cache equals the batch the wrapped encoder
-would return. Keys are the prompts exactly as given (no normalisation).
+masks), the cache stores each prompt's ``(tokens [L_i, D], pooled [D_pooled], words [L_i, D_words]
+or None)`` and re-batches them: a batch assembled from the cache equals the batch the wrapped
+encoder would return. Keys are the prompts exactly as given (no normalisation).
 """
 
 from __future__ import annotations
