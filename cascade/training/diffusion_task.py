@@ -55,8 +55,9 @@ def text_conditioning(encoder: Any, captions: list[str], dtype: torch.dtype) -> 
     return Conditioning(text_tokens=emb.tokens.to(dtype), text_mask=emb.mask, pooled=emb.pooled.to(dtype), text_words=words)
 
 
-#: Parameter names (beyond temporal layers) of branches that start as the identity: a release without them fits.
-_IDENTITY_AT_FIRST = ("network.text_words.",)
+#: Parts of parameter names of layers that start as the identity (temporal layers, the zero-initialised
+#: word-embedding projection): a release without them still fits the stage.
+_IDENTITY_AT_FIRST = ("temporal", "network.text_words.")
 
 
 def initialise_from_release(stage: DiffusionStage, folder: Path) -> None:
@@ -73,7 +74,7 @@ def initialise_from_release(stage: DiffusionStage, folder: Path) -> None:
     unexpected = sorted(set(weights) - set(own))
     new = sorted(set(own) - set(weights))
     wrong = [k for k in weights if k in own and weights[k].shape != own[k].shape]
-    not_identity = [k for k in new if "temporal" not in k and not k.startswith(_IDENTITY_AT_FIRST)]
+    not_identity = [k for k in new if not any(part in k for part in _IDENTITY_AT_FIRST)]
     if unexpected or wrong or not_identity:
         bad = (unexpected or wrong or not_identity)[0]
         raise UserError(f"init_from: {folder} does not fit stage {stage.config.name!r} (e.g. {bad!r})")
