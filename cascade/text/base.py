@@ -9,9 +9,9 @@ Contract of :meth:`TextEncoder.encode` (all encoders, cached or not):
   each row is a run of True followed by a run of False (at least one True).
 - ``pooled``: float32 ``[B, D_pooled]``, one vector per prompt (what it is depends on
   the encoder: see each encoder's docstring).
-- ``words``: float32 ``[B, L, D_words]`` or None, the input of the encoder's first layer at each
-  token (token embedding, plus the position embedding where the encoder adds one): what each word
-  is before the transformer mixes the prompt. A small encoder trained contrastively can fold words
+- ``words``: float32 ``[B, L, D_words]`` or None, each token's input embedding (open_clip adds
+  its position embedding, as its transformer's input does; T5 has none): what each word is before
+  the transformer mixes the prompt. A small encoder trained contrastively can fold words
   together in its final states (the world CLIP: "cube" and "sphere" differ by a third of a state's
   norm there, by more than its whole norm here); a stage that reads these sees every word apart.
   Zero at padding, like ``tokens``.

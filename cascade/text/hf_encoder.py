@@ -5,7 +5,8 @@
   e.g. T5's closing ``</s>``, or BERT's ``[CLS]`` and ``[SEP]``);
 - pooled: the masked mean of the tokens, ``[B, D]`` (not normalised). T5 has no pooled
   output, and a model's own pooler (BERT's ``tanh(W h_CLS)``) is never used;
-- words: ``hidden_states[0]``, the embedding layer's output (T5: the token embeddings), ``[B, L, D]``.
+- words: the input token embeddings (``get_input_embeddings()``; T5 adds no position embedding, so
+  they are exactly what its first layer reads), ``[B, L, D]``.
 
 In fp16, ``transformers`` keeps T5's feed-forward output projections (``wo``) in fp32,
 because they overflow in fp16; bf16 casts every parameter.
@@ -54,10 +55,10 @@ class HFTextEncoder(ModelTextEncoder):
         )
         ids = batch["input_ids"].to(self.device)  # [B, L]
         mask = batch["attention_mask"].to(self.device).bool()  # [B, L]
-        out = self.model(input_ids=ids, attention_mask=mask.long(), output_hidden_states=True)
-        hidden = out.last_hidden_state  # [B, L, D]
+        hidden = self.model(input_ids=ids, attention_mask=mask.long()).last_hidden_state  # [B, L, D]
         pooled = masked_mean(hidden.float(), mask)  # [B, D]
-        return TextEmbedding(tokens=hidden, mask=mask, pooled=pooled, words=out.hidden_states[0])  # words [B, L, D]
+        words = self.model.get_input_embeddings()(ids)  # [B, L, D]: a lookup, not every layer's states kept
+        return TextEmbedding(tokens=hidden, mask=mask, pooled=pooled, words=words)
 
 
 @contextlib.contextmanager
