@@ -66,3 +66,16 @@ def test_an_encoder_that_does_not_fit_the_stage_is_one_clear_error_at_load(words
     build_tiny_open_clip(other / "clip", width=48)
     with pytest.raises(UserError, match="expects text dims|word embeddings"):
         Cascade.load(other)
+
+
+def test_a_resumed_run_does_not_need_the_release_it_started_from(tiny_cascade: Path, tmp_path: Path) -> None:
+    """--resume takes every weight from the run's checkpoint: the init_from release may be gone."""
+    start = tmp_path / "start"
+    shutil.copytree(tiny_cascade / "base", start)
+    config = tiny_config(tmp_path / "base.yaml", "tiny-base16", tiny_cascade.parent / "shards", tiny_cascade / "clip",
+                         extra=f"init_from: {start}\nstage: {{unet: {{text_word_dim: 32}}}}\n")
+    run = tmp_path / "run"
+    run_command(TRAIN + ["--stage", "base", "--config", str(config), "--out", str(run), "--max-steps", "2"], ROOT)
+    shutil.rmtree(start)
+    run_command(TRAIN + ["--stage", "base", "--config", str(config), "--out", str(run), "--max-steps", "3", "--resume"], ROOT)
+    assert (run / "checkpoints" / "step-00000003").is_dir()

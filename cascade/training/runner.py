@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +88,9 @@ def run_training(stage: str, config: TrainConfig, dist: DistInfo, out: Path, max
     import torch
 
     torch.manual_seed(config.seed)  # the same initial weights on every rank and in every run
-    task = build_task(stage, config)
+    # A resumed run takes every weight from its checkpoint, so the release it first started from
+    # (init_from) is not read again and need not exist any more.
+    task = build_task(stage, dataclasses.replace(config, init_from=None) if resume else config)
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.yaml", dump_yaml(config))
