@@ -53,14 +53,14 @@ fi
 cd "$ROOT"
 if [[ $DRY == 1 ]]; then
   step "U-Net vs diffusers (dry)" "$PYTHON" benchmarks/unet_vs_diffusers.py --dry --out "$OUT/unet_vs_diffusers.json"
-  step "render (dry)" "$PYTHON" benchmarks/render.py --steps 2 --repeats 1 --out "$OUT/render.json"
+  step "render (dry)" "$PYTHON" benchmarks/render.py --steps 2 --repeats 1 --untrained-video shapes-video64 --out "$OUT/render.json"
   step "samplers' quality (dry)" "$PYTHON" benchmarks/samplers_quality.py --dry --out "$OUT/samplers_quality.json"
   step "training step (dry)" "$PYTHON" benchmarks/train_step.py --preset tiny-video16 --batch 2 --rounds 1 \
     --out "$OUT/train_step.json"
 else
   step "U-Net vs diffusers" "$PYTHON" benchmarks/unet_vs_diffusers.py --device "$DEVICE" --batches 1 8 16 64 \
     --out "$OUT/unet_vs_diffusers.json"
-  step "render" "$PYTHON" benchmarks/render.py --device "$DEVICE" --out "$OUT/render.json"
+  step "render" "$PYTHON" benchmarks/render.py --device "$DEVICE" --untrained-video shapes-video64 --out "$OUT/render.json"
   step "samplers' quality" "$PYTHON" benchmarks/samplers_quality.py --device "$DEVICE" --n 200 --batch-size 100 \
     --out "$OUT/samplers_quality.json"
   step "training step" "$PYTHON" benchmarks/train_step.py --device "$DEVICE" --preset shapes-video64 --batch 32 \

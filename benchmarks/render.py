@@ -1,11 +1,17 @@
 """Time and peak memory per stage of a full render (base -> 256 -> 1024) and of an 8-frame clip.
 
     .venv/bin/python benchmarks/render.py [--checkpoint weights/shapes] [--frames 8] [--repeats 2] [--device cuda]
+        [--untrained-video shapes-video64]
 
 Peak memory on the CPU is the process's resident-set high-water mark (VmHWM), reset before each
 stage through /proc/self/clear_refs, so each stage's figure is the most memory the process held
 while that stage ran; on a GPU it is the CUDA allocator's peak during the stage. Prints a table and
 writes benchmarks/results/render.json.
+
+A release without a video stage can still time the clip path: ``--untrained-video PRESET`` then builds
+that preset's video stage from the release's base weights (its temporal layers start as the identity, as
+when a video stage is first trained from an image release). Its clips show no learned motion, but
+time and memory depend only on the network's shape, not on what its weights learned.
 """
 
 from __future__ import annotations
@@ -48,6 +54,23 @@ def peak_mib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def untrained_video_stage(cascade, preset: str):
+    """The ``preset`` video stage (with the base's text word width) started from the base's weights."""
+    from dataclasses import replace
+
+    from cascade.stage import DiffusionStage
+    from cascade.training.diffusion_task import initialise_from_release
+    from stages.registry import PRESETS
+
+    if preset not in PRESETS or PRESETS[preset].frames < 2:
+        raise SystemExit(f"--untrained-video: {preset!r} is not a video preset")
+    config = PRESETS[preset]
+    config = replace(config, unet=replace(config.unet, text_word_dim=cascade.stages[0].config.unet.text_word_dim))
+    stage = DiffusionStage(config)
+    initialise_from_release(stage, cascade.folder / cascade.config.base)
+    return stage.eval().to(cascade.device)
+
+
 def timed_stages(cascade, settings, frames: int | None) -> list[dict]:
     """Run the cascade stage by stage on one prompt, timing each stage and its peak memory."""
     from cascade.pipeline import compute_context
@@ -86,24 +109,35 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="runs of each; the fastest is reported")
     parser.add_argument("--steps", type=int, nargs="+", help="steps per stage (default: the release's)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--untrained-video", metavar="PRESET",
+                        help="where the release has no video stage, time clips with this preset's video stage "
+                             "built from the base's weights")
     parser.add_argument("--out", type=Path, default=RESULTS / "render.json")
     args = parser.parse_args()
 
     from cascade.cascade_config import load_cascade_config
     from cascade.pipeline import Cascade
 
-    has_video = load_cascade_config(args.checkpoint).video is not None
+    shipped_video = load_cascade_config(args.checkpoint).video is not None
     load_start = time.perf_counter()
-    cascade = Cascade.load(args.checkpoint, video=has_video, device=args.device)
+    cascade = Cascade.load(args.checkpoint, video=shipped_video, device=args.device)
+    untrained_video = args.untrained_video if not shipped_video else None
+    if untrained_video:
+        cascade.video = untrained_video_stage(cascade, args.untrained_video)
+    has_video = cascade.video is not None
     load_seconds = time.perf_counter() - load_start
     settings = cascade.settings(steps=args.steps)
-    report = {"checkpoint": str(args.checkpoint), "load_seconds": load_seconds, "device": str(cascade.device),
+    report = {"checkpoint": str(args.checkpoint), "untrained_video": untrained_video,
+              "load_seconds": load_seconds, "device": str(cascade.device),
               "machine": machine(cascade.device)}
     for name, frames in (("image", None), ("clip", args.frames))[: 2 if has_video else 1]:
         runs = [timed_stages(cascade, settings, frames) for _ in range(args.repeats)]
         best = min(runs, key=lambda rows: sum(r["seconds"] for r in rows))
         total = sum(r["seconds"] for r in best)
-        print(f"\n{name}{'' if frames is None else f' ({frames} frames)'}: {total:.1f} s in all, "
+        what = "" if frames is None else f" ({frames} frames)"
+        if frames is not None and untrained_video:
+            what = f" ({frames} frames, untrained {untrained_video} from the base's weights)"
+        print(f"\n{name}{what}: {total:.1f} s in all, "
               f"peak {max(r['peak_mib'] for r in best):.0f} MiB")
         print_table(["stage", "size", "steps", "seconds", "peak MiB"],
                     [[r["stage"], r["size"], r["steps"], round(r["seconds"], 2), round(r["peak_mib"])] for r in best])

@@ -23,6 +23,13 @@ def test_the_dry_run_goes_through_every_benchmark(tmp_path: Path) -> None:
     assert all(r["forward_img_s"] > 0 and r["train_samples_s"] > 0 for r in unet["results"])
     render = json.loads((tmp_path / "render.json").read_text())
     assert render["image"]["total_seconds"] > 0 and render["image"]["stages"][0]["stage"] == "text encoder"
+    # where the shipped release has no video stage, the clip is timed with the preset's, built from the base's weights
+    from cascade.cascade_config import load_cascade_config
+
+    shipped_video = load_cascade_config(ROOT / "weights" / "shapes").video is not None
+    assert render["untrained_video"] == (None if shipped_video else "shapes-video64")
+    assert render["clip"]["stages"][1]["stage"] == "video64"
+    assert render["clip"]["total_seconds"] > 0 and all(r["peak_mib"] > 0 for r in render["clip"]["stages"])
     quality = json.loads((tmp_path / "samplers_quality.json").read_text())
     assert quality["dry"] and {p["sampler"] for p in quality["points"]} == {"ddpm", "dpmpp-2m"}
     assert all(0.0 <= p["all_correct"] <= 1.0 for p in quality["points"])
