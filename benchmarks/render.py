@@ -123,7 +123,7 @@ def main() -> None:
     cascade = Cascade.load(args.checkpoint, video=shipped_video, device=args.device)
     untrained_video = args.untrained_video if not shipped_video else None
     if untrained_video:
-        cascade.video = untrained_video_stage(cascade, args.untrained_video)
+        cascade.video = untrained_video_stage(cascade, untrained_video)
     has_video = cascade.video is not None
     load_seconds = time.perf_counter() - load_start
     settings = cascade.settings(steps=args.steps)
