@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cascade.evaluation.cascade_eval import accuracy_table, score_renders
+from cascade.evaluation.cascade_eval import accuracy_by_kind, accuracy_table, score_renders
 from cascade.evaluation.sr_fidelity import psnr, ssim
 from conftest import CASCADE, ROOT, run_command
 
@@ -23,6 +23,11 @@ def test_true_renders_score_perfectly() -> None:
     table = accuracy_table(score_renders(scenes, renders, video=False))
     assert all(row["accuracy"] == 1.0 for row in table.values())
     assert table["all"]["n"] == 20 and caption(scenes[0], style="compact")
+    by_kind = accuracy_by_kind(scenes, score_renders(scenes, renders, video=False))
+    assert sum(kind["all"]["n"] for kind in by_kind.values()) == 20
+    assert all(row["accuracy"] == 1.0 for kind in by_kind.values() for row in kind.values())
+    assert set(by_kind) <= {"1 object", "2 objects", "3 objects", "2 groups"} and "relation" in by_kind["2 groups"]
+    assert all("relation" not in table for kind, table in by_kind.items() if kind != "2 groups")
 
 
 def test_psnr_and_ssim_closed_forms() -> None:
@@ -43,6 +48,8 @@ def test_eval_writes_its_report(tiny_cascade: Path, tmp_path: Path) -> None:
     assert set(report["accuracy"]) >= {"time", "ground", "colour", "shape", "count", "all"}
     assert all(0.0 <= row["accuracy"] <= 1.0 for row in report["accuracy"].values())
     assert "| attribute | accuracy | n |" in (out / "heldout.md").read_text()
+    assert "| scene | n | time |" in (out / "heldout.md").read_text() and "| scene | n | time |" in result.stdout
+    assert sum(kind["all"]["n"] for kind in report["accuracy_by_kind"].values()) == 6
     assert (out / "heldout-grid.png").is_file() and (out / "steps_curve.png").is_file()
     sr = json.loads((out / "sr_fidelity.json").read_text())
     assert [(row["from"], row["to"]) for row in sr] == [(16, 32)]

@@ -49,9 +49,37 @@ def accuracy_table(scores: list[dict[str, bool | None]]) -> dict[str, dict[str, 
     return table
 
 
+def scene_kind(scene: Any) -> str:
+    """What a prompt asks for, as the report groups it: "1 object", "2 objects", "3 objects" (one
+    group of identical objects) or "2 groups" (two single objects in a relation)."""
+    if len(scene.groups) > 1:
+        return f"{len(scene.groups)} groups"
+    count = scene.groups[0].count
+    return f"{count} object{'s' if count > 1 else ''}"
+
+
+def accuracy_by_kind(scenes: list[Any], scores: list[dict[str, bool | None]]) -> dict[str, dict[str, dict[str, float | int]]]:
+    """:func:`accuracy_table` for each :func:`scene_kind` of the scenes: single groups by count, then two groups."""
+    kinds: dict[str, list[dict[str, bool | None]]] = {}
+    for scene, score in zip(scenes, scores):
+        kinds.setdefault(scene_kind(scene), []).append(score)
+    return {kind: accuracy_table(kinds[kind]) for kind in sorted(kinds, key=lambda k: (k.endswith("groups"), k))}
+
+
 def markdown_table(table: dict[str, dict[str, float | int]], title: str) -> str:
     rows = [f"| {name} | {100 * v['accuracy']:.1f}% | {v['n']} |" for name, v in table.items()]
     return f"**{title}**\n\n| attribute | accuracy | n |\n|---|---|---|\n" + "\n".join(rows) + "\n"
+
+
+def markdown_kind_table(by_kind: dict[str, dict[str, dict[str, float | int]]]) -> str:
+    """One row per scene kind, one column per attribute that applies to any of them."""
+    columns = [a for a in SCORED if any(a in table for table in by_kind.values())]
+    head = "| scene | n | " + " | ".join(columns) + " |\n|" + "---|" * (len(columns) + 2) + "\n"
+    rows = []
+    for kind, table in by_kind.items():
+        cells = [f"{100 * table[a]['accuracy']:.1f}%" if a in table else "-" for a in columns]
+        rows.append(f"| {kind} | {table['all']['n']} | " + " | ".join(cells) + " |")
+    return "**by scene kind**\n\n" + head + "\n".join(rows) + "\n"
 
 
 def render_world_prompts(request: EvalRequest, cascade: Any | None = None) -> tuple[list[Any], list[str], np.ndarray, Any]:
@@ -99,7 +127,7 @@ def evaluate_cascade(request: EvalRequest) -> dict[str, Any]:
     result = {
         "split": request.split, "n": request.n, "video": request.video, "size": int(renders.shape[-2]),
         "sampler": settings.sampler, "steps": list(settings.steps), "guidance": list(settings.guidance),
-        "checkpoint": str(request.checkpoint), "accuracy": table,
+        "checkpoint": str(request.checkpoint), "accuracy": table, "accuracy_by_kind": accuracy_by_kind(scenes, scores),
         "samples": [{"caption": c, "scores": s} for c, s in zip(captions, scores)],
     }
     if request.out is not None:
@@ -112,7 +140,8 @@ def write_report(out: Path, result: dict[str, Any], renders: np.ndarray) -> None
     name = f"{result['split']}{'-video' if result['video'] else ''}"
     atomic_write_text(out / f"{name}.json", json.dumps(result, indent=1))
     title = f"{result['split']} split, {result['n']} prompts, {result['size']} px, {result['sampler']} {result['steps']}"
-    atomic_write_text(out / f"{name}.md", markdown_table(result["accuracy"], title))
+    atomic_write_text(out / f"{name}.md", markdown_table(result["accuracy"], title) + "\n"
+                      + markdown_kind_table(result["accuracy_by_kind"]))
     shown = renders[:64]
     if result["video"]:
         save_video(out / f"{name}-grid.gif", np.stack([grid(list(shown[:, f]), columns=8) for f in range(shown.shape[1])]), fps=4)
