@@ -62,8 +62,6 @@ def untrained_video_stage(cascade, preset: str):
     from cascade.training.diffusion_task import initialise_from_release
     from stages.registry import PRESETS
 
-    if preset not in PRESETS or PRESETS[preset].frames < 2:
-        raise SystemExit(f"--untrained-video: {preset!r} is not a video preset")
     config = PRESETS[preset]
     config = replace(config, unet=replace(config.unet, text_word_dim=cascade.stages[0].config.unet.text_word_dim))
     stage = DiffusionStage(config)
@@ -103,13 +101,16 @@ def timed_stages(cascade, settings, frames: int | None) -> list[dict]:
 
 
 def main() -> None:
+    from stages.registry import PRESETS
+
+    video_presets = sorted(name for name, config in PRESETS.items() if config.frames > 1)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", type=Path, default=Path(__file__).resolve().parents[1] / "weights" / "shapes")
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2, help="runs of each; the fastest is reported")
     parser.add_argument("--steps", type=int, nargs="+", help="steps per stage (default: the release's)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    parser.add_argument("--untrained-video", metavar="PRESET",
+    parser.add_argument("--untrained-video", metavar="PRESET", choices=video_presets,
                         help="where the release has no video stage, time clips with this preset's video stage "
                              "built from the base's weights")
     parser.add_argument("--out", type=Path, default=RESULTS / "render.json")
