@@ -83,10 +83,16 @@ def timed_stages(cascade, settings, frames: int | None) -> list[dict]:
                  "seconds": time.perf_counter() - start})
     with torch.inference_mode(), compute_context(device):
         first = cascade.video if frames else cascade.stages[0]
+        name = first.config.name
+        if frames and first.config.unet.first_frame_conditioning:  # the base draws the first frame, then the clip
+            name = f"{cascade.stages[0].config.name} + {name}"
         reset_peak(device)
         start = time.perf_counter()
-        image = cascade.run_base(first, text, generators, settings, frames, progress=False)
-        rows.append({"stage": first.config.name, "size": first.config.resolution, "steps": settings.steps[0],
+        if frames:
+            image = cascade.run_clip(text, generators, settings, frames, progress=False)
+        else:
+            image = cascade.run_base(first, text, generators, settings, None, progress=False)
+        rows.append({"stage": name, "size": first.config.resolution, "steps": settings.steps[0],
                      "peak_mib": peak_mib(device), "seconds": time.perf_counter() - start})
         for index in range(1, len(cascade.stages)):
             if frames and cascade.stages[index].config.resolution > 256:

@@ -143,10 +143,10 @@ class Cascade:
         with torch.inference_mode(), compute_context(self.device):
             if self.prior is not None:
                 text = replace(text, image_embed=self.image_embedding(text, generators, settings))
-            first = self.video if frames is not None else self.stages[0]
-            if first is None:
-                raise UserError("this cascade has no video stage")
-            outputs.append(self.run_base(first, text, generators, settings, frames, progress))
+            if frames is None:
+                outputs.append(self.run_base(self.stages[0], text, generators, settings, None, progress))
+            else:
+                outputs.append(self.run_clip(text, generators, settings, frames, progress))
             for index in range(1, count):
                 outputs.append(self.run_super_resolution(index, text, outputs[-1], generators, settings, progress))
         return [output.cpu() for output in outputs]
@@ -201,6 +201,21 @@ class Cascade:
         noise = stage.clip_noise(randn((len(generators), frames, 3, size, size), generators, device=self.device))
         cond = replace(text, video_mask=torch.ones(len(generators), dtype=torch.bool, device=self.device))
         return self._sample(stage, cond, noise, 0, settings, generators, progress)
+
+    def run_clip(self, text: Conditioning, generators: list[torch.Generator], settings: RenderSettings,
+                 frames: int, progress: bool) -> torch.Tensor:
+        """The video stage's clips [B, F, 3, H, W] in [-1, 1]. A video stage conditioned on its first frame
+        gets that frame from the image base first (Emu Video's factorisation: draw the scene, then move it)."""
+        if self.video is None:
+            raise UserError("this cascade has no video stage")
+        if self.video.config.unet.first_frame_conditioning:
+            base = self.stages[0]
+            if base.config.resolution != self.video.config.resolution:
+                raise UserError(f"the video stage draws {self.video.config.resolution} px frames from a first frame "
+                                f"of the same size, but the base draws {base.config.resolution} px")
+            first_frame = self.run_base(base, text, generators, settings, None, progress)
+            text = replace(text, first_frame=first_frame.to(self.device))
+        return self.run_base(self.video, text, generators, settings, frames, progress)
 
     def run_super_resolution(self, index: int, text: Conditioning, low: torch.Tensor,
                              generators: list[torch.Generator], settings: RenderSettings, progress: bool,

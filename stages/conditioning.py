@@ -20,6 +20,9 @@ class Conditioning:
       output size (super-resolution stages), and ``aug_level`` [B]: the noise-augmentation time it was
       corrupted with, in the same units as t; ``low_res_clean``: the same resized image before that
       corruption (a stage that predicts a residual adds it to its estimate; the network never sees it);
+    - ``first_frame`` [B, 3, H, W]: the clip's first frame, given (video stages with
+      ``first_frame_conditioning``: the base draws the frame, the video stage moves it; kept in both
+      halves of classifier-free guidance, which then guides the motion by the text);
     - ``drop_text`` / ``drop_image`` [B] bool: use the learned "no condition" values instead
       (conditioning dropout in training; the unconditional half of classifier-free guidance);
     - ``video_mask`` [B] bool: for 5-D input, which samples are clips (False: F independent images).
@@ -33,6 +36,7 @@ class Conditioning:
     low_res: torch.Tensor | None = None
     aug_level: torch.Tensor | None = None
     low_res_clean: torch.Tensor | None = None
+    first_frame: torch.Tensor | None = None
     drop_text: torch.Tensor | None = None
     drop_image: torch.Tensor | None = None
     video_mask: torch.Tensor | None = None

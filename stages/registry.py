@@ -29,7 +29,8 @@ PRESETS: dict[str, StageConfig] = {
         unet=_tiny_unet(low_res_channels=3, noise_augmentation=True, attention_levels=(False, False)),
     ),
     "tiny-video16": StageConfig(name="video16", resolution=16, frames=4, frame_noise_correlation=0.8,
-                                unet=_tiny_unet(temporal=True, temporal_frame_position=True)),
+                                unet=_tiny_unet(temporal=True, temporal_frame_position=True,
+                                                first_frame_conditioning=True)),
     # ---------------------------------------------------------------- shapes world: trains on this CPU
     # Base: 13.6M parameters, 7.6 GFLOP per 64 px image; one block at full resolution, attention with
     # the world CLIP's text tokens at 16 and 8 px (Imagen's Efficient U-Net: capacity at low resolution).
@@ -43,12 +44,13 @@ PRESETS: dict[str, StageConfig] = {
     # left each frame guessing its own layout at high noise, and objects jumped between frames. Each
     # frame also knows its place in the clip (temporal_frame_position): without it, 2,550 steps left
     # the objects in place or flickering rather than moving; 1,000 more with it have not made them
-    # move yet either (docs/training.md).
+    # move yet either (docs/training.md). So it is given its first frame, drawn by the base
+    # (first_frame_conditioning, Emu Video's factorisation): it keeps the objects and moves them.
     "shapes-video64": StageConfig(
         name="video64", resolution=64, frames=8, frame_noise_correlation=0.8,
         unet=UNetConfig(base_channels=48, channel_mults=(1, 2, 3, 4), res_blocks=(1, 2, 2, 2),
                         attention_levels=(False, False, True, True), head_dim=48, temporal=True,
-                        temporal_frame_position=True, **SHAPES_TEXT),
+                        temporal_frame_position=True, first_frame_conditioning=True, **SHAPES_TEXT),
     ),
     # Super-resolution stages are convolutional (no attention) and not text-conditioned, as unCLIP's
     # upsamplers (Ramesh et al. 2022, section 2.1), so they train on crops and run on whole images.

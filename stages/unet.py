@@ -22,10 +22,19 @@ from stages.embeddings import NullableProjection, TimeEmbedding, sinusoidal_embe
 from stages.temporal import TemporalAttention, TemporalConv
 
 
+#: The first-frame conditioning of a video U-Net: the frame's 3 channels and a flag channel (1 where given).
+FIRST_FRAME_CHANNELS = 4
+
+
 @dataclass(frozen=True)
 class UNetConfig:
     """The shape of a U-Net. Level i works at 1/2^i of the input size with base_channels * channel_mults[i]
-    channels, ``res_blocks[i]`` residual blocks and, where ``attention_levels[i]``, attention."""
+    channels, ``res_blocks[i]`` residual blocks and, where ``attention_levels[i]``, attention.
+
+    ``first_frame_conditioning`` (video U-Nets): every frame of a clip also sees the clip's given
+    first frame, concatenated to its input with a flag channel, as in Emu Video (Girdhar et al. 2023,
+    "factorizing text-to-video generation by explicit image conditioning"): the image stage draws
+    the scene and the video stage only has to move it. Images and clips without a given frame get zeros."""
 
     in_channels: int = 3
     out_channels: int = 3
@@ -46,12 +55,22 @@ class UNetConfig:
     temporal: bool = False
     temporal_max_distance: int = 16
     temporal_frame_position: bool = False
+    first_frame_conditioning: bool = False
     gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         levels = len(self.channel_mults)
         if levels < 1 or len(self.res_blocks) != levels or len(self.attention_levels) != levels:
             raise ValueError("channel_mults, res_blocks and attention_levels must have one entry per level")
+        if self.first_frame_conditioning and not self.temporal:
+            raise ValueError("first_frame_conditioning belongs to video U-Nets (temporal)")
+
+    @property
+    def input_channels(self) -> int:
+        """Channels of the input convolution: the noisy image, the low-res image (super-resolution)
+        and the given first frame with its presence flag (:data:`FIRST_FRAME_CHANNELS`)."""
+        extra = FIRST_FRAME_CHANNELS if self.first_frame_conditioning else 0
+        return self.in_channels + self.low_res_channels + extra
 
     @property
     def embed_dim(self) -> int:
@@ -147,7 +166,7 @@ class UNet(nn.Module):
         if c.temporal and c.temporal_frame_position:
             self.temporal_frame_embed = zero_module(nn.Linear(c.base_channels, c.embed_dim))
 
-        self.input_conv = nn.Conv2d(c.in_channels + c.low_res_channels, widths[0], 3, padding=1)
+        self.input_conv = nn.Conv2d(c.input_channels, widths[0], 3, padding=1)
         self.down = nn.ModuleList()
         skip_channels = [widths[0]]
         channels = widths[0]
@@ -225,6 +244,20 @@ class UNet(nn.Module):
             positions = positions * video_mask.to(positions).repeat_interleave(frames)[:, None]
         return positions
 
+    @staticmethod
+    def _first_frame_input(cond: Conditioning, batch: int, frames: int, like: torch.Tensor, video: bool) -> torch.Tensor:
+        """[B*F, 4, H, W]: the clip's given first frame [B, 3, H, W] in every frame of the clip, then a
+        channel of ones; all zeros for image input, for samples flagged as images and without a frame."""
+        height, width = like.shape[-2:]
+        if not video or cond.first_frame is None:
+            return like.new_zeros(batch * frames, FIRST_FRAME_CHANNELS, height, width)
+        frame = cond.first_frame.to(like)[:, None].expand(batch, frames, 3, height, width)
+        flag = like.new_ones(batch, frames, 1, height, width)
+        given = torch.cat([frame, flag], dim=2)  # [B, F, 4, H, W]
+        if cond.video_mask is not None:
+            given = given * cond.video_mask.to(like)[:, None, None, None, None]
+        return given.flatten(0, 1)
+
     # ------------------------------------------------------------------ forward
 
     def _run(self, module: nn.Module, x: torch.Tensor, state: _State) -> torch.Tensor:
@@ -244,6 +277,8 @@ class UNet(nn.Module):
                 raise ValueError("a super-resolution U-Net needs cond.low_res")
             low_res = cond.low_res.flatten(0, 1) if cond.low_res.ndim == 5 else cond.low_res
             h = torch.cat([h, low_res.to(h.dtype)], dim=1)
+        if self.config.first_frame_conditioning:
+            h = torch.cat([h, self._first_frame_input(cond, batch, frames, h, video)], dim=1)
         dtype = self.input_conv.weight.dtype
         # A bf16 network takes fp32 inputs too. Channels-last activations whatever the weights' layout
         # (the training engine keeps them contiguous): a video64 training step on the 2-core CPU

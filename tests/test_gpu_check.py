@@ -28,7 +28,7 @@ def test_the_dry_run_goes_through_every_benchmark(tmp_path: Path) -> None:
 
     shipped_video = load_cascade_config(ROOT / "weights" / "shapes").video is not None
     assert render["untrained_video"] == (None if shipped_video else "shapes-video64")
-    assert render["clip"]["stages"][1]["stage"] == "video64"
+    assert render["clip"]["stages"][1]["stage"] == "base64 + video64"  # the base draws the first frame
     assert render["clip"]["total_seconds"] > 0 and all(r["peak_mib"] > 0 for r in render["clip"]["stages"])
     quality = json.loads((tmp_path / "samplers_quality.json").read_text())
     assert quality["dry"] and {p["sampler"] for p in quality["points"]} == {"ddpm", "dpmpp-2m"}

@@ -16,6 +16,7 @@ from cascade.training.config import TrainConfig
 from cascade.training.distributed import DistInfo
 from cascade.training.engine import resolve_path
 from stages.conditioning import Conditioning
+from stages.unet import FIRST_FRAME_CHANNELS
 
 
 def load_frozen_text_encoder(spec: str | None, max_length: int | None) -> Any:
@@ -63,7 +64,8 @@ _IDENTITY_AT_FIRST = ("temporal", "network.text_words.")
 def initialise_from_release(stage: DiffusionStage, folder: Path) -> None:
     """Start from a released stage's EMA weights; only layers the release lacks may stay new, and
     they must be layers that start as the identity: temporal layers (an image stage initialising its
-    video variant) or the word-embedding projection (``text_word_dim``, zero at first)."""
+    video variant) or the word-embedding projection (``text_word_dim``, zero at first). A video stage
+    conditioned on its first frame gets the release's input convolution with zero weights for the frame."""
     from safetensors.torch import load_file
 
     path = folder / "ema.safetensors"
@@ -71,6 +73,7 @@ def initialise_from_release(stage: DiffusionStage, folder: Path) -> None:
         raise UserError(f"init_from: {folder} is not a release folder (no ema.safetensors)")
     weights = load_file(str(path))
     own = stage.state_dict()
+    _widen_input_conv(weights, own)
     unexpected = sorted(set(weights) - set(own))
     new = sorted(set(own) - set(weights))
     wrong = [k for k in weights if k in own and weights[k].shape != own[k].shape]
@@ -79,6 +82,22 @@ def initialise_from_release(stage: DiffusionStage, folder: Path) -> None:
         bad = (unexpected or wrong or not_identity)[0]
         raise UserError(f"init_from: {folder} does not fit stage {stage.config.name!r} (e.g. {bad!r})")
     stage.load_state_dict({k: v.to(own[k].dtype) for k, v in weights.items()}, strict=False)
+
+
+_INPUT_CONV = "network.input_conv.weight"
+
+
+def _widen_input_conv(weights: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> None:
+    """An image release's input convolution [C, 3, k, k] widened in place to a first-frame-conditioned
+    video stage's [C, 3 + 4, k, k]: the new input channels start at zero, so the stage computes what
+    the release did until it learns to read the given frame."""
+    if _INPUT_CONV not in weights or _INPUT_CONV not in own:
+        return
+    theirs, ours = weights[_INPUT_CONV], own[_INPUT_CONV]
+    if theirs.shape[0] == ours.shape[0] and theirs.shape[2:] == ours.shape[2:] and theirs.shape[1] < ours.shape[1]:
+        if ours.shape[1] - theirs.shape[1] == FIRST_FRAME_CHANNELS:
+            extra = theirs.new_zeros(theirs.shape[0], FIRST_FRAME_CHANNELS, *theirs.shape[2:])
+            weights[_INPUT_CONV] = torch.cat([theirs, extra], dim=1)
 
 
 class DiffusionTask:
@@ -128,6 +147,8 @@ class DiffusionTask:
             cond = Conditioning(**{**cond.__dict__, "low_res": batch["low_res"].to(dtype)})
         if video:
             cond = Conditioning(**{**cond.__dict__, "video_mask": torch.ones(x0.shape[0], dtype=torch.bool)})
+            if self.config.stage.unet.first_frame_conditioning:  # the clip's own first frame, as the image stage would give it
+                cond = Conditioning(**{**cond.__dict__, "first_frame": x0[:, 0]})
         return {"x0": x0, "cond": cond, "generator": generator}
 
     # ------------------------------------------------------------------ samples
@@ -147,13 +168,17 @@ class DiffusionTask:
             low = self._snapshot_batch["low_res"].float()
             aug = torch.full((len(captions),), module.aug_time(config.stage.sample_aug), dtype=torch.float64)
             cond = module.augmented(Conditioning(**{**cond.__dict__, "low_res": low}), aug, generator, size=size)
-        elif self.image_encoder is not None:  # an unCLIP decoder: reconstruct the first batch from its embeddings
+        elif self.image_encoder is not None or config.stage.unet.first_frame_conditioning:
+            # an unCLIP decoder reconstructs the first batch from its embeddings; a video stage moves its first frames
             if self._snapshot_batch is None:
                 return None
             captions = list(self._snapshot_batch["caption"])
             still = self._snapshot_batch["frames"][:, 0] if "frames" in self._snapshot_batch else self._snapshot_batch["image"]
             cond = text_conditioning(self.encoder, captions, torch.float32)
-            cond = Conditioning(**{**cond.__dict__, "image_embed": self.image_encoder.encode(still.float())})
+            if self.image_encoder is not None:
+                cond = Conditioning(**{**cond.__dict__, "image_embed": self.image_encoder.encode(still.float())})
+            if config.stage.unet.first_frame_conditioning:
+                cond = Conditioning(**{**cond.__dict__, "first_frame": still.float()})
         else:
             captions = list(config.sample_prompts)
             cond = text_conditioning(self.encoder, captions, torch.float32)

@@ -1,0 +1,72 @@
+"""A video stage given its first frame (``unet.first_frame_conditioning``): what its input holds,
+and that one initialised from an image release computes the image stage at first."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from cascade.errors import UserError
+from cascade.stage import DiffusionStage
+from cascade.training.diffusion_task import initialise_from_release
+from stages.conditioning import Conditioning
+from stages.registry import PRESETS
+from stages.unet import FIRST_FRAME_CHANNELS, UNet
+
+
+def test_the_first_frame_reaches_every_frame_of_clips_only() -> None:
+    first = torch.randn(2, 3, 8, 8)
+    like = torch.zeros(2 * 4, 3, 8, 8)
+    cond = Conditioning(first_frame=first, video_mask=torch.tensor([True, False]))
+    given = UNet._first_frame_input(cond, 2, 4, like, video=True).reshape(2, 4, FIRST_FRAME_CHANNELS, 8, 8)
+    for frame in range(4):
+        assert torch.equal(given[0, frame, :3], first[0])
+    assert torch.equal(given[0, :, 3], torch.ones(4, 8, 8))  # the flag: a frame is given
+    assert not given[1].any()  # a sample flagged as an image gets nothing
+    assert not UNet._first_frame_input(Conditioning(), 2, 4, like, video=True).any()
+    assert not UNet._first_frame_input(cond, 2, 1, like[:2], video=False).any()  # image input
+
+
+def _release_of(stage: DiffusionStage, folder: Path) -> Path:
+    folder.mkdir()
+    save_file({k: v.contiguous() for k, v in stage.state_dict().items()}, str(folder / "ema.safetensors"))
+    return folder
+
+
+def test_a_video_stage_from_an_image_release_is_the_image_stage_until_trained(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    image_config = replace(PRESETS["tiny-base16"], unet=replace(PRESETS["tiny-base16"].unet, text_dim=None,
+                                                                  pooled_dim=None))
+    video_config = replace(PRESETS["tiny-video16"], unet=replace(PRESETS["tiny-video16"].unet, text_dim=None,
+                                                                   pooled_dim=None))
+    image = DiffusionStage(image_config).eval()
+    with torch.no_grad():
+        for parameter in image.parameters():  # zero-initialised outputs would make any comparison trivial
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    release = _release_of(image, tmp_path / "base")
+    video = DiffusionStage(video_config).eval()
+    initialise_from_release(video, release)
+    widened = video.network.input_conv.weight
+    assert widened.shape[1] == 3 + FIRST_FRAME_CHANNELS
+    assert torch.equal(widened[:, :3], image.network.input_conv.weight) and not widened[:, 3:].any()
+
+    clips, t = torch.randn(2, 4, 3, 16, 16), torch.tensor([300.0, 700.0])
+    cond = Conditioning(first_frame=torch.randn(2, 3, 16, 16), video_mask=torch.ones(2, dtype=torch.bool))
+    with torch.no_grad():
+        moved = video.network(clips, t, cond)
+        per_frame = image.network(clips.flatten(0, 1), t.repeat_interleave(4)).reshape(moved.shape)
+    assert moved.abs().mean() > 0.01
+    torch.testing.assert_close(moved, per_frame, rtol=1e-4, atol=1e-5)
+
+    # the other way round does not fit: an image stage cannot take a first-frame release
+    with pytest.raises(UserError, match="does not fit"):
+        initialise_from_release(DiffusionStage(image_config), _release_of(video, tmp_path / "video"))
+
+
+def test_first_frame_conditioning_needs_temporal_layers() -> None:
+    with pytest.raises(ValueError, match="first_frame_conditioning belongs to video U-Nets"):
+        replace(PRESETS["tiny-base16"].unet, first_frame_conditioning=True)
