@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -82,3 +83,16 @@ def test_a_batch_job_of_clips_matches_single_renders_and_resumes(tiny_video_casc
     assert "failed 0" in one_by_one.stdout
     for row in rows:
         assert (tmp_path / "b" / row["file"]).read_bytes() == (tmp_path / "a" / row["file"]).read_bytes()
+
+
+def test_the_motion_verbs_benchmark_reads_every_verb_back(tiny_video_cascade: Path, tmp_path: Path) -> None:
+    out = tmp_path / "motion_verbs.json"
+    run_command([sys.executable, "benchmarks/motion_verbs.py", "--checkpoint",
+                 str(tiny_video_cascade), "--seeds", "0", "--out", str(out)], ROOT)
+    clips = json.loads(out.read_text())["clips"]
+    assert len(clips) == 2 * 5  # two subjects, five verbs, one seed
+    for verb in ("falling", "rising", "moving left", "moving right", "standing still"):
+        assert sum(f" {verb} in the " in clip["prompt"] for clip in clips) == 2
+    motions = {"still", "falling", "rising", "moving left", "moving right", "nothing seen"}
+    assert all(clip["motion"] in motions for clip in clips)
+    assert json.loads(out.read_text())["right"] == sum(clip["right"] for clip in clips)
