@@ -41,20 +41,20 @@ def main() -> None:
     cascade = Cascade.load(args.checkpoint, video=True)
     size = cascade.video.config.resolution
     settings = cascade.settings()
+    cases = [(subject, verb) for subject in SUBJECTS for verb in VERBS]
+    runs = [(verb, f"{subject} {verb} {PLACE}", seed) for subject, verb in cases for seed in seeds]
+    rendered = cascade.render([prompt for _, prompt, _ in runs], [seed for *_, seed in runs], size, settings,
+                              frames=8, progress=False)[0]  # every clip in one batch
     rows, clips = [], []
-    for subject in SUBJECTS:
-        for verb in VERBS:
-            prompt = f"{subject} {verb} {PLACE}"
-            rendered = cascade.render([prompt] * len(seeds), seeds, size, settings, frames=8, progress=False)[0]
-            wanted = verb.removeprefix("standing ")
-            for seed, clip in zip(seeds, to_uint8(rendered)):
-                groups = read_clip(clip).groups
-                motion = groups[0].motion if groups else "nothing seen"
-                velocity = [round(v, 4) for v in groups[0].velocity] if groups else None
-                clips.append({"prompt": prompt, "seed": seed, "motion": motion, "velocity": velocity,
-                              "right": motion == wanted})
-            read = [c["motion"] for c in clips[-len(seeds):]]
-            rows.append([subject, verb, ", ".join(read), sum(m == wanted for m in read)])
+    for (verb, prompt, seed), clip in zip(runs, to_uint8(rendered)):
+        groups = read_clip(clip).groups
+        motion = groups[0].motion if groups else "nothing seen"
+        clips.append({"prompt": prompt, "seed": seed, "motion": motion,
+                      "velocity": [round(v, 4) for v in groups[0].velocity] if groups else None,
+                      "right": motion == verb.removeprefix("standing ")})
+    for index, (subject, verb) in enumerate(cases):
+        read = clips[index * len(seeds):(index + 1) * len(seeds)]
+        rows.append([subject, verb, ", ".join(c["motion"] for c in read), sum(c["right"] for c in read)])
     right = sum(c["right"] for c in clips)
     print_table(["subject", "verb", "motion read back (one per seed)", "right"], rows)
     print(f"right motion: {right} of {len(clips)} clips (chance: 1 in 5)")

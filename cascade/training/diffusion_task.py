@@ -94,10 +94,9 @@ def _widen_input_conv(weights: dict[str, torch.Tensor], own: dict[str, torch.Ten
     if _INPUT_CONV not in weights or _INPUT_CONV not in own:
         return
     theirs, ours = weights[_INPUT_CONV], own[_INPUT_CONV]
-    if theirs.shape[0] == ours.shape[0] and theirs.shape[2:] == ours.shape[2:] and theirs.shape[1] < ours.shape[1]:
-        if ours.shape[1] - theirs.shape[1] == FIRST_FRAME_CHANNELS:
-            extra = theirs.new_zeros(theirs.shape[0], FIRST_FRAME_CHANNELS, *theirs.shape[2:])
-            weights[_INPUT_CONV] = torch.cat([theirs, extra], dim=1)
+    extra = theirs.new_zeros(theirs.shape[0], FIRST_FRAME_CHANNELS, *theirs.shape[2:])
+    if torch.Size([theirs.shape[0], theirs.shape[1] + FIRST_FRAME_CHANNELS, *theirs.shape[2:]]) == ours.shape:
+        weights[_INPUT_CONV] = torch.cat([theirs, extra], dim=1)
 
 
 class DiffusionTask:
