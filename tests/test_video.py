@@ -96,3 +96,39 @@ def test_the_motion_verbs_benchmark_reads_every_verb_back(tiny_video_cascade: Pa
     motions = {"still", "falling", "rising", "moving left", "moving right", "nothing seen"}
     assert all(clip["motion"] in motions for clip in clips)
     assert json.loads(out.read_text())["right"] == sum(clip["right"] for clip in clips)
+
+
+def test_the_verb_margin_benchmark_classifies_each_clip_over_the_five_motions(tiny_video_cascade: Path,
+                                                                               tmp_path: Path) -> None:
+    out = tmp_path / "verb_margin.json"
+    run_command([sys.executable, "benchmarks/verb_margin.py", "--checkpoint", str(tiny_video_cascade),
+                 "--clips", "3", "--times", "0.5,0.9", "--out", str(out)], ROOT)
+    report = json.loads(out.read_text())
+    motions = ["still", "falling", "rising", "moving left", "moving right"]
+    assert report["clips"] == 3 and report["times"] == [0.5, 0.9]
+    for result in report["results"]:
+        errors = result["errors"]
+        assert len(errors) == 5 and all(0 < e < float("inf") for e in errors)
+        assert result["guess"] == motions[errors.index(min(errors))]
+        # the five captions differ only in the first group's motion phrase
+        stripped = {c.replace("standing still", "M").replace("falling", "M").replace("rising", "M")
+                    .replace("moving left", "M").replace("moving right", "M") for c in result["captions"]}
+        assert len(stripped) == 1 and len(set(result["captions"])) == 5
+    assert report["right"] == sum(r["guess"] == r["motion"] for r in report["results"])
+
+
+def test_verb_margin_errors_share_their_noise_across_captions(tiny_video_cascade: Path) -> None:
+    import torch
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from verb_margin import clip_errors
+
+    from cascade.pipeline import Cascade
+    from data_pipeline.world import render_clip, sample_scene
+
+    cascade = Cascade.load(tiny_video_cascade, video=True)
+    clip = render_clip(sample_scene("eval", 0, clip=True, frames=8), cascade.video.config.resolution)
+    prompt = "a red cube falling in the desert during the day"
+    errors = clip_errors(cascade.video, cascade, clip, [prompt, prompt], [0.6], torch.Generator().manual_seed(0))
+    assert errors.shape == (2,)
+    torch.testing.assert_close(errors[0], errors[1])  # same caption, same noise: same error
