@@ -79,6 +79,7 @@ def timed_stages(cascade, settings, frames: int | None) -> list[dict]:
     reset_peak(device)
     start = time.perf_counter()
     text = cascade.encode_text([PROMPT])
+    video_text = cascade.encode_text([PROMPT], for_video=True) if frames else None
     rows.append({"stage": "text encoder", "size": "-", "steps": "-", "peak_mib": peak_mib(device),
                  "seconds": time.perf_counter() - start})
     with torch.inference_mode(), compute_context(device):
@@ -89,7 +90,7 @@ def timed_stages(cascade, settings, frames: int | None) -> list[dict]:
         reset_peak(device)
         start = time.perf_counter()
         if frames:
-            image = cascade.run_clip(text, generators, settings, frames, progress=False)
+            image = cascade.run_clip(text, generators, settings, frames, progress=False, video_text=video_text)
         else:
             image = cascade.run_base(first, text, generators, settings, None, progress=False)
         rows.append({"stage": name, "size": first.config.resolution, "steps": settings.steps[0],

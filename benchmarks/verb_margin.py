@@ -86,7 +86,7 @@ def clip_errors(stage, cascade, clip, captions: list[str], fractions: list[float
     from cascade.pipeline import compute_context
 
     x0 = from_uint8(clip[None]).expand(len(captions), -1, -1, -1, -1).to(cascade.device)  # [K, F, 3, H, W]
-    text = cascade.encode_text(captions)
+    text = cascade.encode_text(captions, for_video=True)
     cond = replace(text, video_mask=torch.ones(len(captions), dtype=torch.bool))
     if stage.config.unet.first_frame_conditioning:
         cond = replace(cond, first_frame=x0[:, 0])

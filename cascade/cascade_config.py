@@ -38,13 +38,18 @@ class RenderDefaults:
 class CascadeConfig:
     """``text_encoder``: a spec whose local paths are relative to the release folder.
     ``prior``: the unCLIP prior's folder, or None for the Imagen path (text only).
-    ``base``, ``super_resolution``: stage folders; ``video``: the temporal base stage's folder."""
+    ``base``, ``super_resolution``: stage folders; ``video``: the temporal base stage's folder.
+    ``video_text_encoder``: the video stage's own text encoder, or None for ``text_encoder``. A video
+    stage trained on a CLIP taught the motion words (:mod:`cascade.training.clip_words`) reads the
+    prompt through it, while the image stages, the first frame's included, keep reading the encoder
+    they were trained on (the taught words change how every caption holding them encodes)."""
 
     text_encoder: str
     base: str
     super_resolution: tuple[str, ...] = ()
     prior: str | None = None
     video: str | None = None
+    video_text_encoder: str | None = None
     text_max_length: int | None = None
     defaults: RenderDefaults = field(default_factory=RenderDefaults)
 

@@ -51,8 +51,9 @@ class Cascade:
 
     def __init__(self, folder: Path, config: CascadeConfig, encoder: object, stages: list[DiffusionStage],
                  video: DiffusionStage | None, prior: object | None = None,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", video_encoder: object | None = None) -> None:
         self.folder, self.config, self.encoder = folder, config, encoder
+        self.video_encoder = video_encoder  # None: the video stage reads ``encoder``
         self.stages, self.video, self.prior = stages, video, prior
         self.device = torch.device(device)
 
@@ -86,15 +87,19 @@ class Cascade:
             if config.video is None:
                 raise UserError(f"the cascade in {folder} has no video stage")
             video_stage = load_stage(folder / config.video)
-        spec = resolve_encoder_spec(config.text_encoder, folder)
-        encoder = CachedTextEncoder(load_text_encoder(spec, max_length=config.text_max_length), max_items=4096)
-        for stage in [*stages, video_stage]:
+        def encoder_of(spec: str) -> CachedTextEncoder:
+            resolved = resolve_encoder_spec(spec, folder)
+            return CachedTextEncoder(load_text_encoder(resolved, max_length=config.text_max_length), max_items=4096)
+
+        encoder = encoder_of(config.text_encoder)
+        video_encoder = encoder_of(config.video_text_encoder) if video_stage and config.video_text_encoder else None
+        for stage, reads in [*((stage, encoder) for stage in stages), (video_stage, video_encoder or encoder)]:
             if stage is not None and (stage.config.unet.text_dim or stage.config.unet.pooled_dim):
-                check_text_dims(stage, encoder)  # a stage that reads text reads this encoder's widths
+                check_text_dims(stage, reads)  # a stage that reads text reads this encoder's widths
         for module in [*stages, video_stage, prior]:
             if module is not None:
                 module.to(device)
-        return cls(folder, config, encoder, stages, video_stage, prior, device)
+        return cls(folder, config, encoder, stages, video_stage, prior, device, video_encoder)
 
     # ------------------------------------------------------------------ settings
 
@@ -139,6 +144,7 @@ class Cascade:
             raise ValueError("one seed per prompt")
         generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
         text = self.encode_text(prompts)
+        video_text = self.encode_text(prompts, for_video=True) if frames is not None else None
         outputs: list[torch.Tensor] = []
         with torch.inference_mode(), compute_context(self.device):
             if self.prior is not None:
@@ -146,14 +152,16 @@ class Cascade:
             if frames is None:
                 outputs.append(self.run_base(self.stages[0], text, generators, settings, None, progress))
             else:
-                outputs.append(self.run_clip(text, generators, settings, frames, progress))
+                outputs.append(self.run_clip(text, generators, settings, frames, progress, video_text))
             for index in range(1, count):
                 outputs.append(self.run_super_resolution(index, text, outputs[-1], generators, settings, progress))
         return [output.cpu() for output in outputs]
 
-    def encode_text(self, prompts: Sequence[str]) -> Conditioning:
-        """The text conditioning of ``prompts``: tokens [B, L, D], mask [B, L], pooled [B, D], words [B, L, D_words]."""
-        embedding = self.encoder.encode(list(prompts))
+    def encode_text(self, prompts: Sequence[str], *, for_video: bool = False) -> Conditioning:
+        """The text conditioning of ``prompts``: tokens [B, L, D], mask [B, L], pooled [B, D], words [B, L, D_words];
+        ``for_video``: as the video stage reads them (through ``video_text_encoder`` when the cascade has one)."""
+        encoder = self.video_encoder if for_video and self.video_encoder is not None else self.encoder
+        embedding = encoder.encode(list(prompts))
         text = Conditioning(text_tokens=embedding.tokens, text_mask=embedding.mask, pooled=embedding.pooled,
                             text_words=embedding.words)
         return text.to(self.device)
@@ -203,19 +211,21 @@ class Cascade:
         return self._sample(stage, cond, noise, 0, settings, generators, progress)
 
     def run_clip(self, text: Conditioning, generators: list[torch.Generator], settings: RenderSettings,
-                 frames: int, progress: bool) -> torch.Tensor:
+                 frames: int, progress: bool, video_text: Conditioning | None = None) -> torch.Tensor:
         """The video stage's clips [B, F, 3, H, W] in [-1, 1]. A video stage conditioned on its first frame
-        gets that frame from the image base first (Emu Video's factorisation: draw the scene, then move it)."""
+        gets that frame from the image base first (Emu Video's factorisation: draw the scene, then move it).
+        ``text`` is what the image stages read; ``video_text`` what the video stage reads (None: ``text``)."""
         if self.video is None:
             raise UserError("this cascade has no video stage")
+        video_text = text if video_text is None else replace(video_text, image_embed=text.image_embed)
         if self.video.config.unet.first_frame_conditioning:
             base = self.stages[0]
             if base.config.resolution != self.video.config.resolution:
                 raise UserError(f"the video stage draws {self.video.config.resolution} px frames from a first frame "
                                 f"of the same size, but the base draws {base.config.resolution} px")
             first_frame = self.run_base(base, text, generators, settings, None, progress)
-            text = replace(text, first_frame=first_frame.to(self.device))
-        return self.run_base(self.video, text, generators, settings, frames, progress)
+            video_text = replace(video_text, first_frame=first_frame.to(self.device))
+        return self.run_base(self.video, video_text, generators, settings, frames, progress)
 
     def run_super_resolution(self, index: int, text: Conditioning, low: torch.Tensor,
                              generators: list[torch.Generator], settings: RenderSettings, progress: bool,

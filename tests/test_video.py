@@ -132,3 +132,47 @@ def test_verb_margin_errors_share_their_noise_across_captions(tiny_video_cascade
     errors = clip_errors(cascade.video, cascade, clip, [prompt, prompt], [0.6], torch.Generator().manual_seed(0))
     assert errors.shape == (2,)
     torch.testing.assert_close(errors[0], errors[1])  # same caption, same noise: same error
+
+
+def test_a_video_text_encoder_is_read_by_the_video_stage_and_not_by_the_first_frame(tiny_video_cascade: Path,
+                                                                                     tmp_path: Path) -> None:
+    """``video_text_encoder`` in cascade.yaml: the video stage reads the prompt through it (a CLIP
+    taught the motion words), the base drawing the first frame through the image stages' encoder."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from cascade.pipeline import Cascade
+
+    release = tmp_path / "release"
+    shutil.copytree(tiny_video_cascade, release)
+    taught = release / "clip-taught"
+    shutil.copytree(release / "clip", taught)
+    weights = load_file(str(taught / "open_clip_model.safetensors"))
+    generator = torch.Generator().manual_seed(0)
+    weights["token_embedding.weight"] += 0.5 * torch.randn(weights["token_embedding.weight"].shape, generator=generator)
+    save_file(weights, str(taught / "open_clip_model.safetensors"))
+    with open(release / "cascade.yaml", "a") as f:
+        f.write("video_text_encoder: clip:local-dir:clip-taught\n")
+
+    plain, cascade = Cascade.load(tiny_video_cascade, video=True), Cascade.load(release, video=True)
+    prompts = ["a red cube falling in the desert during the day"]
+    assert torch.equal(cascade.encode_text(prompts).text_tokens, plain.encode_text(prompts).text_tokens)
+    video_tokens = cascade.encode_text(prompts, for_video=True).text_tokens
+    assert not torch.allclose(video_tokens, plain.encode_text(prompts, for_video=True).text_tokens)
+
+    read: dict[str, torch.Tensor] = {}
+    run_base = cascade.run_base
+
+    def recording_run_base(stage, text, *args, **kwargs):  # what each stage was given to read
+        read[stage.config.name] = text.text_tokens.clone()
+        return run_base(stage, text, *args, **kwargs)
+
+    cascade.run_base = recording_run_base
+    size = cascade.video.config.resolution
+    clip = cascade.render(prompts, [0], size, cascade.settings(steps=[2]), frames=4, progress=False)[0]
+    assert clip.shape == (1, 4, 3, size, size)
+    base_name, video_name = cascade.stages[0].config.name, cascade.video.config.name
+    torch.testing.assert_close(read[base_name], plain.encode_text(prompts).text_tokens)
+    torch.testing.assert_close(read[video_name], video_tokens)
