@@ -16,7 +16,7 @@ from torch import nn
 
 from cascade.diffusion.forward import q_sample
 from cascade.diffusion.frame_noise import check_frame_correlation, mix_frame_noise
-from cascade.diffusion.losses import simple_loss
+from cascade.diffusion.losses import frame_change_loss, simple_loss
 from cascade.diffusion.schedules import NoiseSchedule, build_schedule
 from cascade.diffusion.timing import network_time, uniform_times
 from cascade.errors import UserError
@@ -53,6 +53,10 @@ class StageConfig:
     ``frame_noise_correlation`` (video stages): the correlation between the noise of any two frames of
     a clip, in training and sampling alike (:mod:`cascade.diffusion.frame_noise`); 0 draws every
     frame's noise independently.
+
+    ``frame_change_weight`` (video stages): the weight of :func:`cascade.diffusion.losses.frame_change_loss`
+    added to the loss of clips: it weighs what only the motion can get wrong, the change of the
+    error from frame to frame. 0 trains on the plain loss.
     """
 
     name: str = "base64"
@@ -69,6 +73,7 @@ class StageConfig:
     sample_aug: float = 0.1
     residual_scale: float | None = None
     frame_noise_correlation: float = 0.0
+    frame_change_weight: float = 0.0
     unet: UNetConfig = field(default_factory=UNetConfig)
 
     def __post_init__(self) -> None:
@@ -85,6 +90,8 @@ class StageConfig:
         if self.residual_scale is not None and (self.low_resolution is None or not self.residual_scale > 0):
             raise ValueError("residual_scale must be > 0 and belongs to super-resolution stages only")
         check_frame_correlation(self.frame_noise_correlation)
+        if self.frame_change_weight < 0 or (self.frame_change_weight and self.frames == 1):
+            raise ValueError("frame_change_weight must be >= 0 and belongs to video stages (frames > 1)")
         for name in ("text_drop_prob", "image_drop_prob", "max_train_aug", "sample_aug"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
@@ -203,7 +210,10 @@ class DiffusionStage(nn.Module):
         output = self.network(x_t, self.model_time(t).to(x0.device), cond)
         alpha, sigma = self.schedule.alpha_sigma(t)
         c = self.config
-        return simple_loss(output, x0, noise, alpha, sigma, self.schedule.log_snr(t), c.prediction, c.loss_weighting, c.min_snr_gamma)
+        loss = simple_loss(output, x0, noise, alpha, sigma, self.schedule.log_snr(t), c.prediction, c.loss_weighting, c.min_snr_gamma)
+        if c.frame_change_weight and x0.ndim == 5:
+            loss = loss + c.frame_change_weight * frame_change_loss(output, x0, noise, alpha, sigma, c.prediction)
+        return loss
 
     # ------------------------------------------------------------------ sampling
 

@@ -64,3 +64,25 @@ def simple_loss(
     if weighting == "min_snr":
         loss = loss * min_snr_weight(log_snr, prediction, min_snr_gamma).to(loss)
     return loss
+
+
+def frame_change_loss(output: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, alpha: torch.Tensor,
+                      sigma: torch.Tensor, prediction: str) -> torch.Tensor:
+    """Per-clip loss [B] on how the error changes from one frame to the next, for clips [B, F, C, H, W].
+
+    The error ``e_f = output_f - target_f`` (in the prediction's own space, as :func:`simple_loss`) is
+    compared between consecutive frames: ``mean((e_f - e_{f-1})^2)``. An error every frame shares (the
+    background, an object's colour) costs nothing here; an error in where an object is in each frame
+    (its motion) does. Every frame of a clip has the same time, so in x0 space this is the same
+    loss scaled by the time's weight, as the main loss is. Clips of one frame cost 0.
+    """
+    if x0.ndim != 5:
+        raise ValueError(f"frame_change_loss takes clips [B, F, C, H, W], got {tuple(x0.shape)}")
+    shape = (-1,) + (1,) * (x0.ndim - 1)
+    a = alpha.to(dtype=x0.dtype, device=x0.device).reshape(shape)
+    s = sigma.to(dtype=x0.dtype, device=x0.device).reshape(shape)
+    error = output.float() - training_target(x0, noise, a, s, prediction).float()  # [B, F, C, H, W]
+    if x0.shape[1] < 2:
+        return error.new_zeros(x0.shape[0])
+    return mean_flat((error[:, 1:] - error[:, :-1]) ** 2)
+
