@@ -10,7 +10,10 @@ which way to move: its objects move the way the noise leads them, whatever the v
 This fine-tune learns only those tokens' rows of the token embedding (as textual inversion does,
 Gal et al. 2022, "An Image is Worth One Word"); the rest of the CLIP is frozen, so every caption
 without a taught word encodes exactly as before, and the stages trained on the CLIP (base,
-prior, super-resolution) stay valid. The rows are learned contrastively against a clip
+prior, super-resolution) stay valid for image captions. A caption holding a taught word encodes
+differently (the tokens after it and the pooled feature see it): given clip captions through the
+taught CLIP, the shipped base's all-correct rate fell from 14.6% to 6.2% (48 eval scenes). So a
+cascade gives the taught CLIP to its video stage only (``video_text_encoder`` in cascade.yaml). The rows are learned contrastively against a clip
 embedding: the frozen image tower's mean frame feature plus a small motion tower on the frames
 (zero at first, trained alongside, not exported), with in-batch negatives and, for each clip,
 hard negatives that differ only in one group's motion.
