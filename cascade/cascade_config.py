@@ -7,6 +7,7 @@ A cascade release is a folder holding ``cascade.yaml`` and one sub-folder per st
     base: base64
     super_resolution: [sr256, sr1024]
     video: video64
+    video_text_encoder: clip:local-dir:clip-words   # optional: the video stage's own text encoder
     defaults: {sampler: dpmpp-2m, steps: [25, 15, 10], guidance: [3.0, 1.5, 1.0], sr_aug: 0.1}
 """
 
