@@ -74,7 +74,8 @@ def frame_change_loss(output: torch.Tensor, x0: torch.Tensor, noise: torch.Tenso
     compared between consecutive frames: ``mean((e_f - e_{f-1})^2)``. An error every frame shares (the
     background, an object's colour) costs nothing here; an error in where an object is in each frame
     (its motion) does. Every frame of a clip has the same time, so in x0 space this is the same
-    loss scaled by the time's weight, as the main loss is. Clips of one frame cost 0.
+    loss scaled by the time's weight, as the unweighted main loss is (min-SNR weighting is not
+    applied here). Clips of one frame cost 0.
     """
     if x0.ndim != 5:
         raise ValueError(f"frame_change_loss takes clips [B, F, C, H, W], got {tuple(x0.shape)}")
