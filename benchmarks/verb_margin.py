@@ -22,6 +22,14 @@ import argparse
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from cascade.pipeline import Cascade
+    from cascade.stage import DiffusionStage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, machine, print_table, write_json  # noqa: E402
@@ -75,7 +83,8 @@ def main() -> None:
                           "clips": len(results), "mean_margin": margin, "results": results, "machine": machine()})
 
 
-def clip_errors(stage, cascade, clip, captions: list[str], fractions: list[float], generator) -> "torch.Tensor":
+def clip_errors(stage: "DiffusionStage", cascade: "Cascade", clip: "np.ndarray", captions: list[str],
+                fractions: list[float], generator: "torch.Generator") -> "torch.Tensor":
     """The stage's mean squared denoising error [len(captions)] on one clip (uint8 [F, H, W, 3]) under each
     caption, with one noise draw per noise level shared by all captions and the true first frame given."""
     import torch
