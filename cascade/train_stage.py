@@ -1,11 +1,13 @@
 """Train one stage of the cascade.
 
-    deepspeed cascade/train_stage.py --stage base [--config FILE] [--out DIR] [--max-steps N] [--resume]
+    deepspeed cascade/train_stage.py --stage base [--config FILE] [--out DIR] [--max-steps N] [--max-minutes M] [--resume]
     torchrun --nproc_per_node 2 cascade/train_stage.py --stage base ...
     python cascade/train_stage.py --stage base ...          (one process)
 
 With no ``--config`` it trains that stage of the shapes world with ``configs/shapes/STAGE.yaml``,
-writing the training shards first if they are missing.
+writing the training shards first if they are missing. ``--max-minutes`` and SIGTERM stop a run
+early at the end of a step, with a checkpoint that ``--resume`` continues from (exit status 0 for
+the time limit, 143 for SIGTERM).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ if __name__ == "__main__" and __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse  # noqa: E402
+import signal  # noqa: E402
 
 STAGES = ("clip", "prior", "base", "sr256", "sr1024", "video64")
 
@@ -33,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path, help="a training YAML (default: configs/shapes/STAGE.yaml)")
     parser.add_argument("--out", type=Path, help="run folder: checkpoints, metrics, samples (default: runs/STAGE)")
     parser.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (with a checkpoint)")
+    parser.add_argument("--max-minutes", type=float,
+                        help="stop after this many minutes of training (set-up not counted), with a checkpoint "
+                             "to --resume from; SIGTERM (timeout, a scheduler) also stops with one")
     parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --out")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=0, help=argparse.SUPPRESS)
     return parser
@@ -49,18 +55,23 @@ def run(args: argparse.Namespace) -> int:
 
     if args.max_steps is not None and args.max_steps < 1:
         raise UserError(f"--max-steps must be >= 1, got {args.max_steps}")
+    if args.max_minutes is not None and not args.max_minutes > 0:
+        raise UserError(f"--max-minutes must be > 0, got {args.max_minutes}")
     config = load_train_config(args.stage, args.config)
     deepspeed_config(config)  # check the engine settings before starting processes talking to each other
     out = args.out or Path("runs") / args.stage
     dist = init_distributed()
     try:
-        result = run_training(args.stage, config, dist, out, args.max_steps or config.max_steps, args.resume)
+        max_seconds = None if args.max_minutes is None else 60 * args.max_minutes
+        result = run_training(args.stage, config, dist, out, args.max_steps or config.max_steps, args.resume,
+                              max_seconds)
         if dist.is_main:
-            print(f"trained {args.stage} to step {result.step} in {result.seconds:.0f} s; last loss "
+            stopped = f" (stopped early: {result.stopped_by}; continue with --resume)" if result.stopped_by else ""
+            print(f"trained {args.stage} to step {result.step} in {result.seconds:.0f} s{stopped}; last loss "
                   f"{result.last_loss:.4f}; skipped samples: {result.skipped or 'none'}; run folder {out}")
     finally:
         shutdown()
-    return 0
+    return 128 + signal.SIGTERM if result.stopped_by == "SIGTERM" else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -223,6 +223,8 @@ def test_every_bad_config_is_one_line(name: str, tmp_path: Path, capsys) -> None
         ["--stage", "nope"],
         ["--stage", "base", "--max-steps", "0"],
         ["--stage", "base", "--max-steps", "-5"],
+        ["--stage", "base", "--max-minutes", "0"],
+        ["--stage", "base", "--max-minutes", "nan"],
         ["--stage", "base", "--config", "/does/not/exist.yaml"],
         ["--stage", "base", "--config", "/tmp"],
         ["--stage", "base", "--resume", "--out", "/does/not/exist"],

@@ -1,5 +1,5 @@
 """Training through the user-facing command: exact resume over two ranks with ZeRO-2, NaN stops,
-and checkpoints that would run code are refused."""
+early stops with a checkpoint (time limit, SIGTERM), and checkpoints that would run code are refused."""
 
 from __future__ import annotations
 
@@ -83,6 +83,45 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(setup
     step = int(error.split("at step ")[1].split(":")[0])
     kept = run / "checkpoints" / f"step-{step - 1:08d}"
     assert (kept / "COMPLETE").is_file() and not (run / "checkpoints" / f"step-{step:08d}").exists()
+
+
+def test_max_minutes_stops_with_a_checkpoint_that_resume_continues(setup) -> None:
+    work, shards, clip = setup
+    config = tiny_config(work / "budget.yaml", "tiny-base16", shards, clip, extra="checkpoint_every: 1000\n")
+    run = work / "budget"
+    result = run_command(TRAIN + ["--stage", "base", "--config", str(config), "--out", str(run), "--max-steps", "50",
+                                  "--max-minutes", "0.0001"], ROOT)
+    assert "stopped early: time limit" in result.stdout
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step-00000001"  # none periodic before step 1000
+    assert [s for s, _ in losses(run)] == [1]
+    run_command(TRAIN + ["--stage", "base", "--config", str(config), "--out", str(run), "--max-steps", "3",
+                         "--resume"], ROOT)
+    assert [s for s, _ in losses(run)] == [1, 2, 3]
+
+
+def test_sigterm_stops_at_the_end_of_a_step_with_a_checkpoint(setup) -> None:
+    import signal
+    import time
+
+    work, shards, clip = setup
+    config = tiny_config(work / "term.yaml", "tiny-base16", shards, clip,
+                         extra="checkpoint_every: 1000\nsample_every: 1000\n")
+    run = work / "term"
+    process = subprocess.Popen(TRAIN + ["--stage", "base", "--config", str(config), "--out", str(run),
+                                        "--max-steps", "100000"], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    metrics, deadline = run / "metrics.jsonl", time.monotonic() + 300
+    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):
+        assert process.poll() is None and time.monotonic() < deadline, "training did not start"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    assert "stopped early: SIGTERM" in stdout
+    last = losses(run)[-1][0]
+    assert last >= 2 and [s for s, _ in losses(run)] == list(range(1, last + 1))
+    kept = run / "checkpoints" / f"step-{last:08d}"
+    assert (kept / "COMPLETE").is_file() and (run / "checkpoints" / "latest").read_text().strip() == kept.name
 
 
 class RunsCode:

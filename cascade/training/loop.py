@@ -24,6 +24,7 @@ from cascade.training.distributed import DistInfo, all_ranks_agree
 from cascade.training.ema import EMA
 from cascade.training.engine import build_engine, engine_dtype
 from cascade.training.metrics import MetricsLog
+from cascade.training.stopping import StopRequests
 from stages.conditioning import Conditioning
 
 
@@ -50,6 +51,7 @@ class RunResult:
     last_loss: float
     seconds: float
     skipped: dict[str, int]
+    stopped_by: str | None = None  # "time limit" or a signal's name when the run stopped before max_steps
 
 
 def endless_batches(loader: Any) -> Any:
@@ -70,8 +72,13 @@ def endless_batches(loader: Any) -> Any:
         loader.set_epoch(loader.position.epoch)
 
 
-def train(task: TrainTask, config: TrainConfig, dist: DistInfo, out_dir: Path, max_steps: int, resume: bool) -> RunResult:
-    """Train ``task`` to ``max_steps`` optimizer steps, checkpointing under ``out_dir/checkpoints``."""
+def train(task: TrainTask, config: TrainConfig, dist: DistInfo, out_dir: Path, max_steps: int, resume: bool,
+          max_seconds: float | None = None) -> RunResult:
+    """Train ``task`` to ``max_steps`` optimizer steps, checkpointing under ``out_dir/checkpoints``.
+
+    The run stops earlier, at the end of a step and with a checkpoint, once ``max_seconds`` of
+    training have passed or on SIGTERM (every rank at the same step); ``stopped_by`` says why.
+    """
     torch.manual_seed(config.seed + dist.rank)
     engine = build_engine(task.module, config)
     dtype = engine_dtype(engine)
@@ -102,36 +109,44 @@ def train(task: TrainTask, config: TrainConfig, dist: DistInfo, out_dir: Path, m
     progress = tqdm(total=max_steps, initial=step, disable=not dist.is_main, desc=f"train {config.stage.name}", unit="step")
     batches = endless_batches(loader)
     started, start_step, last_loss, window = time.perf_counter(), step, float("nan"), []
+    stopped_by: str | None = None
     try:
-        while step < max_steps:
-            for _ in range(config.optim.grad_accumulation):
-                kwargs = on_device(task.inputs(next(batches), generator, dtype), engine.device)
-                loss = engine(**kwargs).float().mean()
-                if not all_ranks_agree(math.isfinite(loss.item())):
-                    last = find_latest(checkpoints)
-                    kept = f"; the last good checkpoint is {last}" if last else "; no checkpoint was written yet"
-                    raise TrainingDiverged(f"loss is not finite at step {step + 1}: training stopped{kept}")
-                engine.backward(loss)
-                engine.step()
-                window.append(loss.item())
-            step += 1
-            ema.update(engine.module, step)
-            last_loss = window[-1]
-            progress.update(1)
-            progress.set_postfix(loss=f"{last_loss:.4f}")
-            if step % config.log_every == 0 or step == max_steps:
-                metrics.log(step, {"loss": sum(window) / len(window), "lr": engine.get_lr()[0],
-                                   "samples_per_second": _rate(started, step - start_step, config, dist),
-                                   "skipped": loader.stats.total})
-                window = []
-            if step % config.checkpoint_every == 0 or step == max_steps:
-                checkpoint_now()
-            if dist.is_main and (step % config.sample_every == 0 or step == max_steps):
-                _snapshot(task, engine.module, ema, step, out_dir)
+        with StopRequests(max_seconds) as stop_requests:
+            while step < max_steps:
+                for _ in range(config.optim.grad_accumulation):
+                    kwargs = on_device(task.inputs(next(batches), generator, dtype), engine.device)
+                    loss = engine(**kwargs).float().mean()
+                    if not all_ranks_agree(math.isfinite(loss.item())):
+                        last = find_latest(checkpoints)
+                        kept = f"; the last good checkpoint is {last}" if last else "; no checkpoint was written yet"
+                        raise TrainingDiverged(f"loss is not finite at step {step + 1}: training stopped{kept}")
+                    engine.backward(loss)
+                    engine.step()
+                    window.append(loss.item())
+                step += 1
+                ema.update(engine.module, step)
+                last_loss = window[-1]
+                progress.update(1)
+                progress.set_postfix(loss=f"{last_loss:.4f}")
+                stopping = step < max_steps and not all_ranks_agree(stop_requests.reason() is None)
+                if stopping:
+                    stopped_by = stop_requests.reason() or "a stop on another rank"
+                last_step = step == max_steps or stopping
+                if step % config.log_every == 0 or last_step:
+                    metrics.log(step, {"loss": sum(window) / len(window), "lr": engine.get_lr()[0],
+                                       "samples_per_second": _rate(started, step - start_step, config, dist),
+                                       "skipped": loader.stats.total})
+                    window = []
+                if step % config.checkpoint_every == 0 or last_step:
+                    checkpoint_now()
+                if dist.is_main and (step % config.sample_every == 0 or step == max_steps):
+                    _snapshot(task, engine.module, ema, step, out_dir)
+                if stopping:
+                    break
     finally:
         progress.close()
         metrics.close()
-    return RunResult(step, last_loss, time.perf_counter() - started, loader.stats.as_dict())
+    return RunResult(step, last_loss, time.perf_counter() - started, loader.stats.as_dict(), stopped_by)
 
 
 def on_device(kwargs: dict[str, Any], device: torch.device) -> dict[str, Any]:

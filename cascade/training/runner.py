@@ -83,7 +83,8 @@ def build_task(stage: str, config: TrainConfig):
     raise UserError(f"training stage {stage!r} is not available yet")
 
 
-def run_training(stage: str, config: TrainConfig, dist: DistInfo, out: Path, max_steps: int, resume: bool) -> RunResult:
+def run_training(stage: str, config: TrainConfig, dist: DistInfo, out: Path, max_steps: int, resume: bool,
+                 max_seconds: float | None = None) -> RunResult:
     ensure_world_shards(config, dist)
     import torch
 
@@ -95,4 +96,4 @@ def run_training(stage: str, config: TrainConfig, dist: DistInfo, out: Path, max
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.yaml", dump_yaml(config))
     barrier()
-    return train(task, config, dist, out, max_steps, resume)
+    return train(task, config, dist, out, max_steps, resume, max_seconds)
