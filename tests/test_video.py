@@ -134,6 +134,47 @@ def test_verb_margin_errors_share_their_noise_across_captions(tiny_video_cascade
     torch.testing.assert_close(errors[0], errors[1])  # same caption, same noise: same error
 
 
+def test_the_first_frame_use_benchmark_reports_each_frame_with_and_without_the_frame(tiny_video_cascade: Path,
+                                                                                      tmp_path: Path) -> None:
+    out = tmp_path / "first_frame_use.json"
+    run_command([sys.executable, "benchmarks/first_frame_use.py", "--checkpoint", str(tiny_video_cascade),
+                 "--clips", "2", "--times", "0.5,0.9", "--out", str(out)], ROOT)
+    report = json.loads(out.read_text())
+    assert report["clips"] == 2 and [level["time"] for level in report["levels"]] == [0.5, 0.9]
+    for level in report["levels"]:
+        assert len(level["given"]) == len(level["none"]) == 4  # the tiny stage's frames
+        assert all(e > 0 for e in level["given"] + level["none"])
+        assert level["frame0_kept"] == pytest.approx(1 - level["given"][0] / level["none"][0])
+
+
+def test_first_frame_use_compares_the_same_noisy_clip_with_and_without_the_frame(tiny_video_cascade: Path) -> None:
+    """With the first-frame input weights at zero the frame cannot matter: both ways give the same
+    errors; with them set, only the given frame changes the estimate."""
+    import torch
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from first_frame_use import frame_errors
+
+    from cascade.pipeline import Cascade
+    from data_pipeline.world import render_clip, sample_scene
+
+    cascade = Cascade.load(tiny_video_cascade, video=True)
+    stage = cascade.video
+    clip = render_clip(sample_scene("eval", 0, clip=True, frames=4), stage.config.resolution)
+    prompt = "a red cube falling in the desert during the day"
+    weight = stage.network.input_conv.weight
+    with torch.no_grad():
+        weight[:, 3:] = 0
+    unused = frame_errors(stage, cascade, clip, prompt, [0.5, 0.9], torch.Generator().manual_seed(0))
+    assert unused.shape == (2, 2, 4)
+    torch.testing.assert_close(unused[:, 0], unused[:, 1])
+    with torch.no_grad():
+        weight[:, 3:] = 0.5
+    used = frame_errors(stage, cascade, clip, prompt, [0.5, 0.9], torch.Generator().manual_seed(0))
+    assert not torch.allclose(used[:, 0], used[:, 1])
+    torch.testing.assert_close(used[:, 1], unused[:, 1])  # without the frame, its weights play no part
+
+
 def test_a_video_text_encoder_is_read_by_the_video_stage_and_not_by_the_first_frame(tiny_video_cascade: Path,
                                                                                      tmp_path: Path) -> None:
     """``video_text_encoder`` in cascade.yaml: the video stage reads the prompt through it (a CLIP
