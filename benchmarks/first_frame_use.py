@@ -10,7 +10,8 @@ the schedule's time range), the true clip is noised once and denoised twice: wit
 given, and without it (the flag channel off). The table gives the mean squared error of the x0
 estimate (in [-1, 1] units) of frame 0 and of the later frames, each way, and "frame 0 kept": the
 fraction of frame 0's error that the given frame removes (1: the frame is copied, 0: it is not
-used). Half a minute for 16 clips on a CPU. Writes benchmarks/results/first_frame_use.json.
+used). A stage with ``first_frame_residual_scale`` diffuses the change from the first frame, so it
+cannot go without the frame: its "none" columns are empty. Half a minute for 16 clips on a CPU. Writes benchmarks/results/first_frame_use.json.
 """
 
 from __future__ import annotations
@@ -65,12 +66,17 @@ def main() -> None:
         total += frame_errors(stage, cascade, clip, caption(scene, seed=seed), fractions, generator)
     mean = total / args.clips  # [levels, (given, none), F]
     rows, levels = [], []
+    residual = stage.diffuses_residual  # no "none" columns (NaN)
+
+    def shown(value: float) -> str:
+        return "-" if residual else f"{value:.5f}"
+
     for fraction, (given, none) in zip(fractions, mean.tolist()):
-        kept = 1 - given[0] / none[0]
+        kept = None if residual else 1 - given[0] / none[0]
         later_given, later_none = sum(given[1:]) / (frames - 1), sum(none[1:]) / (frames - 1)
-        rows.append([fraction, f"{given[0]:.5f}", f"{none[0]:.5f}", f"{kept:.1%}", f"{later_given:.5f}",
-                     f"{later_none:.5f}"])
-        levels.append({"time": fraction, "given": given, "none": none, "frame0_kept": kept})
+        rows.append([fraction, f"{given[0]:.5f}", shown(none[0]), "-" if kept is None else f"{kept:.1%}",
+                     f"{later_given:.5f}", shown(later_none)])
+        levels.append({"time": fraction, "given": given, "none": None if residual else none, "frame0_kept": kept})
     print_table(["noise level", "frame 0, given", "frame 0, none", "frame 0 kept", "frames 1+, given",
                  "frames 1+, none"], rows)
     write_json(args.out, {"checkpoint": str(args.checkpoint), "clips": args.clips, "levels": levels,
@@ -80,7 +86,8 @@ def main() -> None:
 def frame_errors(stage: "DiffusionStage", cascade: "Cascade", clip: "np.ndarray", prompt: str,
                  fractions: list[float], generator: "torch.Generator") -> "torch.Tensor":
     """Mean squared x0 error per frame [len(fractions), 2, F] of one clip (uint8 [F, H, W, 3]) at each
-    noise level: [:, 0] with its true first frame given, [:, 1] without; the same noisy clip both ways."""
+    noise level: [:, 0] with its true first frame given, [:, 1] without (NaN for a stage that diffuses the
+    change from the first frame, which cannot go without it); the same noisy clip both ways."""
     import torch
 
     from cascade.diffusion.forward import q_sample
@@ -90,16 +97,23 @@ def frame_errors(stage: "DiffusionStage", cascade: "Cascade", clip: "np.ndarray"
 
     x0 = from_uint8(clip[None]).to(cascade.device)  # [1, F, 3, H, W]
     text = replace(cascade.encode_text([prompt], for_video=True), video_mask=torch.ones(1, dtype=torch.bool))
-    out = torch.zeros(len(fractions), 2, x0.shape[1], dtype=torch.float64)
+    given = replace(text, first_frame=x0[:, 0])
+    residual = stage.diffuses_residual  # it diffuses the change from the first frame: never without it
+    target = stage.to_diffused(x0, stage.residual_base(given, x0)) if residual else x0
+    out = torch.full((len(fractions), 2, x0.shape[1]), float("nan"), dtype=torch.float64)
     for row, fraction in enumerate(fractions):
         t = torch.full((1,), stage.aug_time(fraction), dtype=torch.float64)
         noise = stage.clip_noise(torch.randn(x0.shape, generator=generator)).to(cascade.device)
-        x_t = q_sample(x0, t, stage.schedule, noise)
+        x_t = q_sample(target, t, stage.schedule, noise)
         alpha, sigma = stage.schedule.alpha_sigma(t)
-        for column, first_frame in enumerate((x0[:, 0], None)):
+        for column, cond in enumerate((given, None if residual else replace(text, first_frame=None))):
+            if cond is None:
+                continue
             with torch.inference_mode(), compute_context(cascade.device):
-                output = stage.network(x_t, stage.model_time(t).to(x0.device), replace(text, first_frame=first_frame))
+                output = stage.network(x_t, stage.model_time(t).to(x0.device), cond)
             estimate = to_x0(output.float(), x_t, alpha, sigma, stage.config.prediction)
+            if residual:
+                estimate = stage.to_image(estimate, cond)
             out[row, column] = ((estimate - x0) ** 2).mean(dim=(0, 2, 3, 4)).double().cpu()
     return out
 

@@ -86,7 +86,8 @@ def main() -> None:
 def clip_errors(stage: "DiffusionStage", cascade: "Cascade", clip: "np.ndarray", captions: list[str],
                 fractions: list[float], generator: "torch.Generator") -> "torch.Tensor":
     """The stage's mean squared denoising error [len(captions)] on one clip (uint8 [F, H, W, 3]) under each
-    caption, with one noise draw per noise level shared by all captions and the true first frame given."""
+    caption, with one noise draw per noise level shared by all captions and the true first frame given
+    (a stage diffusing the change from the first frame is scored on that change)."""
     import torch
 
     from cascade.diffusion.forward import q_sample
@@ -99,15 +100,16 @@ def clip_errors(stage: "DiffusionStage", cascade: "Cascade", clip: "np.ndarray",
     cond = replace(text, video_mask=torch.ones(len(captions), dtype=torch.bool))
     if stage.config.unet.first_frame_conditioning:
         cond = replace(cond, first_frame=x0[:, 0])
+    target = stage.to_diffused(x0, stage.residual_base(cond, x0)) if stage.diffuses_residual else x0
     total = torch.zeros(len(captions))
     for fraction in fractions:
         t = torch.full((len(captions),), stage.aug_time(fraction), dtype=torch.float64)
         noise = stage.clip_noise(torch.randn(x0[:1].shape, generator=generator)).expand_as(x0).to(cascade.device)
         with torch.inference_mode(), compute_context(cascade.device):
-            output = stage.network(q_sample(x0, t, stage.schedule, noise), stage.model_time(t).to(x0.device), cond)
+            output = stage.network(q_sample(target, t, stage.schedule, noise), stage.model_time(t).to(x0.device), cond)
         alpha, sigma = stage.schedule.alpha_sigma(t)
         c = stage.config
-        total += simple_loss(output.float(), x0, noise, alpha, sigma, stage.schedule.log_snr(t), c.prediction,
+        total += simple_loss(output.float(), target, noise, alpha, sigma, stage.schedule.log_snr(t), c.prediction,
                              "none").cpu()
     return total / len(fractions)
 

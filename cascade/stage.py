@@ -50,6 +50,14 @@ class StageConfig:
     ratio of the residual's standard deviation to the images' (about 0.125 in the shapes world at 256 px,
     0.08 at 1024 px) gives the scaled residual the spread of an image. None diffuses the image.
 
+    ``first_frame_residual_scale`` (video stages with ``unet.first_frame_conditioning``): diffuse each
+    frame's difference from the given first frame, ``(x_f - x_0) / first_frame_residual_scale``, instead
+    of the frames: zero for frame 0, the background and still objects, non-zero only where something
+    moved, so the clip holds its first frame by construction and the network draws only the motion.
+    Every training sample then needs its first frame (clips only: ``data.image_fraction`` 0). About
+    0.33 in the shapes world (the differences' standard deviation over the frames'). None diffuses
+    the frames.
+
     ``frame_noise_correlation`` (video stages): the correlation between the noise of any two frames of
     a clip, in training and sampling alike (:mod:`cascade.diffusion.frame_noise`); 0 draws every
     frame's noise independently.
@@ -72,6 +80,7 @@ class StageConfig:
     max_train_aug: float = 0.5
     sample_aug: float = 0.1
     residual_scale: float | None = None
+    first_frame_residual_scale: float | None = None
     frame_noise_correlation: float = 0.0
     frame_change_weight: float = 0.0
     unet: UNetConfig = field(default_factory=UNetConfig)
@@ -89,6 +98,10 @@ class StageConfig:
             raise ValueError("frames must be >= 1, and a video stage (frames > 1) needs unet.temporal")
         if self.residual_scale is not None and (self.low_resolution is None or not self.residual_scale > 0):
             raise ValueError("residual_scale must be > 0 and belongs to super-resolution stages only")
+        if self.first_frame_residual_scale is not None and (
+                not self.unet.first_frame_conditioning or not self.first_frame_residual_scale > 0):
+            raise ValueError("first_frame_residual_scale must be > 0 and belongs to video stages given their "
+                             "first frame (unet.first_frame_conditioning)")
         check_frame_correlation(self.frame_noise_correlation)
         if self.frame_change_weight < 0 or (self.frame_change_weight and self.frames == 1):
             raise ValueError("frame_change_weight must be >= 0 and belongs to video stages (frames > 1)")
@@ -159,27 +172,40 @@ class DiffusionStage(nn.Module):
         noisy = q_sample(low, aug_t, self.schedule, noise.to(low.dtype))
         return replace(cond, low_res=noisy, aug_level=self.model_time(aug_t).to(low.device), low_res_clean=low)
 
-    # ------------------------------------------------------------------ residual super-resolution
+    # ------------------------------------------------------------------ residuals (super-resolution, first frame)
 
     @property
     def diffuses_residual(self) -> bool:
-        return self.config.residual_scale is not None
+        """Whether the stage diffuses a residual over its conditioning image rather than the image."""
+        return self.config.residual_scale is not None or self.config.first_frame_residual_scale is not None
 
-    def to_diffused(self, x0: torch.Tensor, upsampled: torch.Tensor) -> torch.Tensor:
+    def to_diffused(self, x0: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
         """Images [B, 3, H, W] (or clips) -> what the stage diffuses: the image, or its scaled residual
-        over ``upsampled`` (the bicubically upsampled low-res input, same shape)."""
+        over ``base`` (same shape: the upsampled low-res input, or the first frame in every frame;
+        :meth:`residual_base`)."""
         if not self.diffuses_residual:
             return x0
-        return (x0 - upsampled.to(x0.dtype)) / self.config.residual_scale
+        return (x0 - base.to(x0.dtype)) / self._residual_scale
 
     def to_image(self, sample: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        """The inverse of :meth:`to_diffused` for a sampler's output [B, ...], with ``cond`` from :meth:`augmented`."""
+        """The inverse of :meth:`to_diffused` for a sampler's output [B, ...], with ``cond`` from
+        :meth:`augmented` (super-resolution) or holding the first frame (video)."""
         if not self.diffuses_residual:
             return sample
-        return self._upsampled_like(cond, sample) + self.config.residual_scale * sample
+        return self.residual_base(cond, sample) + self._residual_scale * sample
 
-    def _upsampled_like(self, cond: Conditioning, x: torch.Tensor) -> torch.Tensor:
-        """``cond.low_res_clean`` in x's dtype and shape (clips refined frame by frame come flattened)."""
+    @property
+    def _residual_scale(self) -> float:
+        return self.config.residual_scale or self.config.first_frame_residual_scale
+
+    def residual_base(self, cond: Conditioning, x: torch.Tensor) -> torch.Tensor:
+        """What the residual is taken over, in x's dtype and shape: ``cond.low_res_clean`` (clips refined
+        frame by frame come flattened), or ``cond.first_frame`` [B, 3, H, W] repeated over x's frames."""
+        if self.config.first_frame_residual_scale is not None:
+            if cond.first_frame is None or x.ndim != 5:
+                raise UserError(f"stage {self.config.name!r} diffuses clips as their change from the first frame: "
+                                "it needs clips with their first frame (set data.image_fraction to 0)")
+            return cond.first_frame.to(x)[:, None].expand_as(x)
         if cond.low_res_clean is None:
             raise UserError(f"stage {self.config.name!r} needs the low-resolution input from stage.augmented()")
         return cond.low_res_clean.to(x.dtype).reshape(x.shape)
@@ -206,6 +232,8 @@ class DiffusionStage(nn.Module):
             aug_t = self.random_times(batch, generator, self.config.max_train_aug)
             cond = self.augmented(cond, aug_t, generator, size=x0.shape[-1])
             x0 = self.to_diffused(x0, cond.low_res_clean)  # residual stages diffuse the residual
+        elif self.config.first_frame_residual_scale is not None:
+            x0 = self.to_diffused(x0, self.residual_base(cond, x0))  # the change from the first frame
         x_t = q_sample(x0, t, self.schedule, noise)
         output = self.network(x_t, self.model_time(t).to(x0.device), cond)
         alpha, sigma = self.schedule.alpha_sigma(t)
@@ -233,7 +261,7 @@ class DiffusionStage(nn.Module):
         if not self.diffuses_residual:
             return clip(den)
         clipped_image = clip(lambda x_t, t: self.to_image(den(x_t, t), cond))
-        return lambda x_t, t: self.to_diffused(clipped_image(x_t, t), self._upsampled_like(cond, x_t))
+        return lambda x_t, t: self.to_diffused(clipped_image(x_t, t), self.residual_base(cond, x_t))
 
 
 def conditioned_denoiser(network: nn.Module, cond: Conditioning, schedule: NoiseSchedule, prediction: str,

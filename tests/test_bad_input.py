@@ -198,6 +198,7 @@ CONFIG_CASES = {
     "bad drop prob": "stage: {text_drop_prob: 2}\n",
     "frames without temporal": "stage: {frames: 8}\n",
     "low_res without channels": "stage: {low_resolution: 32}\n",
+    "first-frame residual on an image stage": "stage: {first_frame_residual_scale: 0.3}\n",
     "unet levels mismatch": "stage: {unet: {channel_mults: [1, 2]}}\n",
     "unet unknown key": "stage: {unet: {channels: 64}}\n",
     "ema decay": "ema_decay: 1.5\n",

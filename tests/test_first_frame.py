@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from cascade.errors import UserError
-from cascade.stage import DiffusionStage
+from cascade.stage import DiffusionStage, StageConfig
 from cascade.training.diffusion_task import initialise_from_release
 from stages.conditioning import Conditioning
 from stages.registry import PRESETS
@@ -70,3 +70,49 @@ def test_a_video_stage_from_an_image_release_is_the_image_stage_until_trained(tm
 def test_first_frame_conditioning_needs_temporal_layers() -> None:
     with pytest.raises(ValueError, match="first_frame_conditioning belongs to video U-Nets"):
         replace(PRESETS["tiny-base16"].unet, first_frame_conditioning=True)
+
+
+def _video_config(**changes) -> StageConfig:
+    base = PRESETS["tiny-video16"]
+    return replace(base, unet=replace(base.unet, text_dim=None, pooled_dim=None), **changes)
+
+
+def test_first_frame_residuals_need_a_given_first_frame_and_a_positive_scale() -> None:
+    with pytest.raises(ValueError, match="first_frame_residual_scale"):
+        _video_config(first_frame_residual_scale=0.0)
+    no_frame = PRESETS["tiny-video16"]
+    with pytest.raises(ValueError, match="first_frame_residual_scale"):
+        replace(no_frame, unet=replace(no_frame.unet, first_frame_conditioning=False), first_frame_residual_scale=0.3)
+    with pytest.raises(ValueError, match="first_frame_residual_scale"):
+        replace(PRESETS["tiny-base16"], first_frame_residual_scale=0.3)
+
+
+def test_a_clip_is_diffused_as_its_change_from_the_first_frame_and_mapped_back() -> None:
+    stage = DiffusionStage(_video_config(first_frame_residual_scale=0.25))
+    clip = torch.rand(2, 4, 3, 16, 16) * 2 - 1
+    cond = Conditioning(first_frame=clip[:, 0], video_mask=torch.ones(2, dtype=torch.bool))
+    residual = stage.to_diffused(clip, stage.residual_base(cond, clip))
+    assert not residual[:, 0].any()  # frame 0 is the given frame itself
+    torch.testing.assert_close(residual[:, 2], (clip[:, 2] - clip[:, 0]) / 0.25)
+    torch.testing.assert_close(stage.to_image(residual, cond), clip)
+    with pytest.raises(UserError, match="image_fraction"):  # a still image has no first frame
+        stage.residual_base(Conditioning(), clip[:, 0])
+
+
+def test_the_residual_stage_trains_on_the_change_with_the_same_draws() -> None:
+    """Its loss on a clip is the plain stage's loss on the scaled change from the first frame, with the
+    same network, times, noise and dropout."""
+    torch.manual_seed(0)
+    residual_stage = DiffusionStage(_video_config(first_frame_residual_scale=0.25))
+    plain = DiffusionStage(_video_config())
+    plain.load_state_dict(residual_stage.state_dict())
+    with torch.no_grad():
+        for parameter in plain.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    residual_stage.load_state_dict(plain.state_dict())
+    clip = torch.rand(2, 4, 3, 16, 16) * 2 - 1
+    cond = Conditioning(first_frame=clip[:, 0], video_mask=torch.ones(2, dtype=torch.bool))
+    change = (clip - clip[:, :1]) / 0.25
+    expected = plain(change, cond, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(residual_stage(clip, cond, torch.Generator().manual_seed(3)), expected)
+    assert not torch.allclose(plain(clip, cond, torch.Generator().manual_seed(3)), expected)

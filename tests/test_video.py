@@ -175,6 +175,39 @@ def test_first_frame_use_compares_the_same_noisy_clip_with_and_without_the_frame
     torch.testing.assert_close(used[:, 1], unused[:, 1])  # without the frame, its weights play no part
 
 
+def test_a_stage_diffusing_the_change_from_the_first_frame_holds_that_frame(tiny_video_cascade: Path,
+                                                                            tmp_path: Path) -> None:
+    """``first_frame_residual_scale``: the sampled change is added back to the frame the base drew, so a
+    network whose estimate of the change is always zero renders that frame in every frame of the clip."""
+    import shutil
+
+    import torch
+    import yaml
+    from safetensors.torch import load_file, save_file
+
+    from cascade.pipeline import Cascade
+
+    release = tmp_path / "release"
+    shutil.copytree(tiny_video_cascade, release)
+    video = release / "video"
+    config = yaml.safe_load((video / "config.yaml").read_text())
+    config.update(first_frame_residual_scale=0.25, prediction="x0")  # x0 prediction: a zero output is a zero change
+    (video / "config.yaml").write_text(yaml.safe_dump(config))
+    weights = load_file(str(video / "ema.safetensors"))
+    for name in ("network.output.2.weight", "network.output.2.bias"):
+        weights[name] = torch.zeros_like(weights[name])
+    save_file(weights, str(video / "ema.safetensors"))
+
+    cascade = Cascade.load(release, video=True)
+    assert cascade.video.config.first_frame_residual_scale == 0.25
+    settings = cascade.settings()
+    (image,) = cascade.render(["a red cube in the desert during the day"], [5], 16, settings, progress=False)
+    (clip,) = cascade.render(["a red cube in the desert during the day"], [5], 16, settings, frames=4, progress=False)
+    assert clip.shape == (1, 4, 3, 16, 16) and image.abs().sum() > 0
+    for frame in range(4):
+        torch.testing.assert_close(clip[0, frame], image[0])
+
+
 def test_a_video_text_encoder_is_read_by_the_video_stage_and_not_by_the_first_frame(tiny_video_cascade: Path,
                                                                                      tmp_path: Path) -> None:
     """``video_text_encoder`` in cascade.yaml: the video stage reads the prompt through it (a CLIP

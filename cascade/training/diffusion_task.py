@@ -104,6 +104,9 @@ class DiffusionTask:
 
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
+        if config.stage.first_frame_residual_scale is not None and config.data.image_shards and config.data.image_fraction:
+            raise UserError("stage.first_frame_residual_scale diffuses clips as their change from the first frame, "
+                            "which a still image lacks: set data.image_fraction to 0")
         self.module = DiffusionStage(config.stage)
         if config.init_from is not None:
             initialise_from_release(self.module, resolve_path(config.init_from))
