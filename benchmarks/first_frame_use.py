@@ -16,7 +16,6 @@ cannot go without the frame: its "none" columns are empty. Half a minute for 16 
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -30,23 +29,13 @@ if TYPE_CHECKING:
     from cascade.stage import DiffusionStage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine, print_table, write_json  # noqa: E402
+from common import machine, parse_clip_probe, print_table, write_json  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", type=Path, required=True,
-                        help="a cascade folder whose video stage is conditioned on its first frame")
-    parser.add_argument("--clips", type=int, default=16, help="eval clips (default 16)")
-    parser.add_argument("--times", default="0.3,0.6,0.9",
-                        help="noise levels, as fractions of the schedule's time range (default 0.3,0.6,0.9)")
-    parser.add_argument("--out", type=Path, default=RESULTS / "first_frame_use.json")
-    args = parser.parse_args()
-    if args.clips < 1:
-        parser.error("--clips must be at least 1")
-    fractions = [float(f) for f in args.times.split(",")]
-    if not all(0.0 < f <= 1.0 for f in fractions):
-        parser.error("--times must be fractions in (0, 1]")
+    args, fractions = parse_clip_probe(__doc__.split("\n\n")[0],
+                                       "a cascade folder whose video stage is conditioned on its first frame",
+                                       "eval clips", "0.3,0.6,0.9", "first_frame_use.json")
 
     import torch
 
@@ -56,7 +45,7 @@ def main() -> None:
     cascade = Cascade.load(args.checkpoint, video=True)
     stage = cascade.video
     if not stage.config.unet.first_frame_conditioning:
-        parser.error(f"the video stage in {args.checkpoint} is not conditioned on a first frame")
+        sys.exit(f"first_frame_use.py: error: the video stage in {args.checkpoint} is not conditioned on a first frame")
     size, frames = stage.config.resolution, stage.config.frames
     generator = torch.Generator().manual_seed(0)
     total = torch.zeros(len(fractions), 2, frames, dtype=torch.float64)

@@ -18,7 +18,6 @@ benchmarks/results/verb_margin.json.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -32,22 +31,12 @@ if TYPE_CHECKING:
     from cascade.stage import DiffusionStage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine, print_table, write_json  # noqa: E402
+from common import machine, parse_clip_probe, print_table, write_json  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", type=Path, required=True, help="a cascade folder with a video stage")
-    parser.add_argument("--clips", type=int, default=16, help="eval clips to classify (default 16)")
-    parser.add_argument("--times", default="0.5,0.7,0.85",
-                        help="noise levels, as fractions of the schedule's time range (default 0.5,0.7,0.85)")
-    parser.add_argument("--out", type=Path, default=RESULTS / "verb_margin.json")
-    args = parser.parse_args()
-    if args.clips < 1:
-        parser.error("--clips must be at least 1")
-    fractions = [float(f) for f in args.times.split(",")]
-    if not all(0.0 < f <= 1.0 for f in fractions):
-        parser.error("--times must be fractions in (0, 1]")
+    args, fractions = parse_clip_probe(__doc__.split("\n\n")[0], "a cascade folder with a video stage",
+                                       "eval clips to classify", "0.5,0.7,0.85", "verb_margin.json")
 
     import torch
 
