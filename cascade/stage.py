@@ -231,9 +231,8 @@ class DiffusionStage(nn.Module):
         if self.config.is_super_resolution:
             aug_t = self.random_times(batch, generator, self.config.max_train_aug)
             cond = self.augmented(cond, aug_t, generator, size=x0.shape[-1])
-            x0 = self.to_diffused(x0, cond.low_res_clean)  # residual stages diffuse the residual
-        elif self.config.first_frame_residual_scale is not None:
-            x0 = self.to_diffused(x0, self.residual_base(cond, x0))  # the change from the first frame
+        if self.diffuses_residual:  # the residual over the upsampled input, or the change from the first frame
+            x0 = self.to_diffused(x0, self.residual_base(cond, x0))
         x_t = q_sample(x0, t, self.schedule, noise)
         output = self.network(x_t, self.model_time(t).to(x0.device), cond)
         alpha, sigma = self.schedule.alpha_sigma(t)
