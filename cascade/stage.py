@@ -7,6 +7,7 @@ sees times in [0, 1000) whatever the schedule's units (:func:`cascade.diffusion.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
@@ -54,9 +55,10 @@ class StageConfig:
     frame's difference from the given first frame, ``(x_f - x_0) / first_frame_residual_scale``, instead
     of the frames: zero for frame 0, the background and still objects, non-zero only where something
     moved, so the clip holds its first frame by construction and the network draws only the motion.
-    Every training sample then needs its first frame (clips only: ``data.image_fraction`` 0). About
-    0.33 in the shapes world (the differences' standard deviation over the frames'). None diffuses
-    the frames.
+    Frame 0's change is known (zero): it is left out of the loss and set exactly in sampling
+    (:meth:`DiffusionStage.with_first_frame_known`). Every training sample then needs its first frame
+    (clips only: ``data.image_fraction`` 0). About 0.33 in the shapes world (the differences'
+    standard deviation over the frames'). None diffuses the frames.
 
     ``frame_noise_correlation`` (video stages): the correlation between the noise of any two frames of
     a clip, in training and sampling alike (:mod:`cascade.diffusion.frame_noise`); 0 draws every
@@ -235,6 +237,8 @@ class DiffusionStage(nn.Module):
             x0 = self.to_diffused(x0, self.residual_base(cond, x0))
         x_t = q_sample(x0, t, self.schedule, noise)
         output = self.network(x_t, self.model_time(t).to(x0.device), cond)
+        if self.knows_first_frame:  # frame 0's change is zero by construction: the loss is on frames 1.. only
+            output, x0, noise = output[:, 1:], x0[:, 1:], noise[:, 1:]
         alpha, sigma = self.schedule.alpha_sigma(t)
         c = self.config
         loss = simple_loss(output, x0, noise, alpha, sigma, self.schedule.log_snr(t), c.prediction, c.loss_weighting, c.min_snr_gamma)
@@ -254,13 +258,33 @@ class DiffusionStage(nn.Module):
         if threshold not in (None, "static", "dynamic"):
             raise UserError(f"unknown threshold {threshold!r} (choose from: static, dynamic)")
         den = conditioned_denoiser(self.network, cond, self.schedule, self.config.prediction, guidance)
-        if threshold is None:
+        if threshold is not None:
+            clip = dynamic_threshold if threshold == "dynamic" else static_clip
+            if not self.diffuses_residual:
+                den = clip(den)
+            else:
+                den = self._thresholded_residual(den, clip, cond)
+        if not self.knows_first_frame:
             return den
-        clip = dynamic_threshold if threshold == "dynamic" else static_clip
-        if not self.diffuses_residual:
-            return clip(den)
+        return lambda x_t, t: self.with_first_frame_known(den(x_t, t))
+
+    def _thresholded_residual(self, den: Denoiser, clip: Callable[[Denoiser], Denoiser], cond: Conditioning) -> Denoiser:
+        """A residual denoiser whose estimate is thresholded as the image it implies."""
         clipped_image = clip(lambda x_t, t: self.to_image(den(x_t, t), cond))
         return lambda x_t, t: self.to_diffused(clipped_image(x_t, t), self.residual_base(cond, x_t))
+
+    @property
+    def knows_first_frame(self) -> bool:
+        """Whether frame 0 of what the stage diffuses is known: zero, the given first frame's change from
+        itself (stages with ``first_frame_residual_scale``). It is left out of the loss and set in sampling."""
+        return self.config.first_frame_residual_scale is not None
+
+    def with_first_frame_known(self, estimate: torch.Tensor) -> torch.Tensor:
+        """An x0 estimate [B, F, 3, H, W] of what the stage diffuses, with frame 0 set to what it is known to be
+        (zero) where :attr:`knows_first_frame`; unchanged otherwise."""
+        if not self.knows_first_frame:
+            return estimate
+        return torch.cat([torch.zeros_like(estimate[:, :1]), estimate[:, 1:]], dim=1)
 
 
 def conditioned_denoiser(network: nn.Module, cond: Conditioning, schedule: NoiseSchedule, prediction: str,

@@ -101,18 +101,51 @@ def test_a_clip_is_diffused_as_its_change_from_the_first_frame_and_mapped_back()
 
 def test_the_residual_stage_trains_on_the_change_with_the_same_draws() -> None:
     """Its loss on a clip is the plain stage's loss on the scaled change from the first frame, with the
-    same network, times, noise and dropout."""
+    same network, times, noise and dropout, over frames 1.. only: frame 0's change is known (zero)."""
     torch.manual_seed(0)
-    residual_stage = DiffusionStage(_video_config(first_frame_residual_scale=0.25))
-    plain = DiffusionStage(_video_config())
-    plain.load_state_dict(residual_stage.state_dict())
+    frames = 4
+    x0_prediction = {"prediction": "x0", "loss_weighting": "none"}  # frame 0's target: the zero change
+    residual_stage = DiffusionStage(_video_config(first_frame_residual_scale=0.25, **x0_prediction))
+    plain = DiffusionStage(_video_config(**x0_prediction))
     with torch.no_grad():
         for parameter in plain.parameters():
             parameter.add_(0.05 * torch.randn_like(parameter))
     residual_stage.load_state_dict(plain.state_dict())
-    clip = torch.rand(2, 4, 3, 16, 16) * 2 - 1
+    clip = torch.rand(2, frames, 3, 16, 16) * 2 - 1
     cond = Conditioning(first_frame=clip[:, 0], video_mask=torch.ones(2, dtype=torch.bool))
     change = (clip - clip[:, :1]) / 0.25
-    expected = plain(change, cond, torch.Generator().manual_seed(3))
-    torch.testing.assert_close(residual_stage(clip, cond, torch.Generator().manual_seed(3)), expected)
+
+    def exact_frame_zero(module, inputs, output):  # the plain stage's frame 0 made right: it costs nothing
+        return torch.cat([torch.zeros_like(output[:, :1]), output[:, 1:]], dim=1)
+
+    hook = plain.network.register_forward_hook(exact_frame_zero)
+    expected = plain(change, cond, torch.Generator().manual_seed(3)) * frames / (frames - 1)
+    hook.remove()
+    loss = residual_stage(clip, cond, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(loss, expected)
     assert not torch.allclose(plain(clip, cond, torch.Generator().manual_seed(3)), expected)
+
+    def wrong_frame_zero(module, inputs, output):  # whatever the network says of frame 0 costs nothing
+        return torch.cat([output[:, :1] + 100.0, output[:, 1:]], dim=1)
+
+    residual_stage.network.register_forward_hook(wrong_frame_zero)
+    torch.testing.assert_close(residual_stage(clip, cond, torch.Generator().manual_seed(3)), loss)
+
+
+def test_the_residual_stage_denoiser_gives_frame_zero_its_known_change() -> None:
+    """Sampling sets frame 0's change estimate to zero exactly, guided or not, thresholded or not."""
+    torch.manual_seed(0)
+    stage = DiffusionStage(_video_config(first_frame_residual_scale=0.25)).eval()
+    with torch.no_grad():
+        for parameter in stage.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    clip = torch.rand(2, 4, 3, 16, 16) * 2 - 1
+    cond = Conditioning(first_frame=clip[:, 0], video_mask=torch.ones(2, dtype=torch.bool))
+    x_t, t = torch.randn(2, 4, 3, 16, 16), torch.full((2,), 0.5, dtype=torch.float64)
+    for threshold in (None, "static"):
+        with torch.no_grad():
+            estimate = stage.denoiser(cond, threshold=threshold)(x_t, t)
+        assert not estimate[:, 0].any() and estimate[:, 1:].abs().mean() > 0.01
+        assert torch.equal(stage.to_image(estimate, cond)[:, 0], clip[:, 0])
+    plain = DiffusionStage(_video_config()).eval()
+    assert torch.equal(plain.with_first_frame_known(x_t), x_t)
