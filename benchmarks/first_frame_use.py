@@ -11,8 +11,8 @@ given, and without it (the flag channel off). The table gives the mean squared e
 estimate (in [-1, 1] units) of frame 0 and of the later frames, each way, and "frame 0 kept": the
 fraction of frame 0's error that the given frame removes (1: the frame is copied, 0: it is not
 used). A stage with ``first_frame_residual_scale`` diffuses the change from the first frame, so it
-cannot go without the frame: its "none" columns are empty, and its frame 0 is known (error 0). Half a minute for 16 clips on a CPU.
-Writes benchmarks/results/first_frame_use.json.
+cannot go without the frame: its "none" columns are empty, and its frame 0 is known (error 0).
+Half a minute for 16 clips on a CPU. Writes benchmarks/results/first_frame_use.json.
 """
 
 from __future__ import annotations

@@ -268,7 +268,8 @@ class DiffusionStage(nn.Module):
             return den
         return lambda x_t, t: self.with_first_frame_known(den(x_t, t))
 
-    def _thresholded_residual(self, den: Denoiser, clip: Callable[[Denoiser], Denoiser], cond: Conditioning) -> Denoiser:
+    def _thresholded_residual(self, den: Denoiser, clip: Callable[[Denoiser], Denoiser],
+                              cond: Conditioning) -> Denoiser:
         """A residual denoiser whose estimate is thresholded as the image it implies."""
         clipped_image = clip(lambda x_t, t: self.to_image(den(x_t, t), cond))
         return lambda x_t, t: self.to_diffused(clipped_image(x_t, t), self.residual_base(cond, x_t))
