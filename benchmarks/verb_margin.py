@@ -98,9 +98,9 @@ def clip_errors(stage: "DiffusionStage", cascade: "Cascade", clip: "np.ndarray",
             output = stage.network(q_sample(target, t, stage.schedule, noise), stage.model_time(t).to(x0.device), cond)
         alpha, sigma = stage.schedule.alpha_sigma(t)
         c = stage.config
-        first = 1 if stage.knows_first_frame else 0  # a frame 0 known by construction is not the network's
-        total += simple_loss(output[:, first:].float(), target[:, first:], noise[:, first:], alpha, sigma,
-                             stage.schedule.log_snr(t), c.prediction, "none").cpu()
+        output, target_frames, noise = stage.learned_frames(output.float(), target, noise)  # as training scores them
+        total += simple_loss(output, target_frames, noise, alpha, sigma, stage.schedule.log_snr(t), c.prediction,
+                             "none").cpu()
     return total / len(fractions)
 
 

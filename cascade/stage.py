@@ -237,8 +237,7 @@ class DiffusionStage(nn.Module):
             x0 = self.to_diffused(x0, self.residual_base(cond, x0))
         x_t = q_sample(x0, t, self.schedule, noise)
         output = self.network(x_t, self.model_time(t).to(x0.device), cond)
-        if self.knows_first_frame:  # frame 0's change is zero by construction: the loss is on frames 1.. only
-            output, x0, noise = output[:, 1:], x0[:, 1:], noise[:, 1:]
+        output, x0, noise = self.learned_frames(output, x0, noise)  # frame 0's known change costs nothing
         alpha, sigma = self.schedule.alpha_sigma(t)
         c = self.config
         loss = simple_loss(output, x0, noise, alpha, sigma, self.schedule.log_snr(t), c.prediction, c.loss_weighting, c.min_snr_gamma)
@@ -279,6 +278,13 @@ class DiffusionStage(nn.Module):
         """Whether frame 0 of what the stage diffuses is known: zero, the given first frame's change from
         itself (stages with ``first_frame_residual_scale``). It is left out of the loss and set in sampling."""
         return self.config.first_frame_residual_scale is not None
+
+    def learned_frames(self, *clips: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Each of ``clips`` [B, F, ...] restricted to the frames the network is trained on: frames 1..
+        where :attr:`knows_first_frame`, else all (images pass unchanged)."""
+        if not self.knows_first_frame:
+            return clips
+        return tuple(clip[:, 1:] for clip in clips)
 
     def with_first_frame_known(self, estimate: torch.Tensor) -> torch.Tensor:
         """An x0 estimate [B, F, 3, H, W] of what the stage diffuses, with frame 0 set to what it is known to be
