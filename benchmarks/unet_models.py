@@ -33,6 +33,7 @@ from measure import synchronized  # noqa: E402
 
 from cascade.device import prepare_for_inference  # noqa: E402
 from stages.conditioning import Conditioning  # noqa: E402
+from stages.fused import unfused  # noqa: E402
 from stages.unet import UNet, UNetConfig  # noqa: E402
 
 RESOLUTION, TOKENS = 64, 32
@@ -101,7 +102,7 @@ class Model:
 
     def count(self) -> dict[str, float]:
         """Parameters (M) and GFLOPs of one image (counted on the CPU)."""
-        with torch.no_grad(), FlopCounterMode(display=False) as counter, AttentionFlops() as attention:
+        with torch.no_grad(), unfused(), FlopCounterMode(display=False) as counter, AttentionFlops() as attention:
             self.call(self.net, *self.inputs(1, device=torch.device("cpu")))
         return {"params_m": sum(p.numel() for p in self.net.parameters()) / 1e6,
                 "gflops": (counter.get_total_flops() + attention.flops) / 1e9, "attention_gflops": attention.flops / 1e9}

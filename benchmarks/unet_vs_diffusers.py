@@ -75,7 +75,7 @@ def pick_modes(models: list[Model], batch: int, rounds: int, peak: list[float], 
 def ablation(config: UNetConfig, batch: int, rounds: int) -> list[dict[str, Any]]:
     """Each way to a faster forward on its own, interleaved in one process (img/s, best round).
     The allocator goes last: tuning it cannot be undone in-process, so it is one before/after pair."""
-    import stages.blocks as blocks
+    import stages.group_norm as group_norm
 
     model = ours(config)
     variants = {mode: model.forward(batch, mode) for mode in
@@ -85,9 +85,9 @@ def ablation(config: UNetConfig, batch: int, rounds: int) -> list[dict[str, Any]
     variants["  ... under no_grad, not inference_mode"] = model.forward(batch, "bf16-weights channels-last", torch.no_grad)
 
     def without_small_map_fix() -> None:
-        blocks._SMALL_CHANNELS_LAST = 0
+        group_norm._SMALL_CHANNELS_LAST = 0
         chosen()
-        blocks._SMALL_CHANNELS_LAST = 1024
+        group_norm._SMALL_CHANNELS_LAST = 1024
 
     variants["  ... without the small-map GroupNorm route"] = without_small_map_fix
     wide = ours(replace(config, attention_levels=(False,) + (True,) * (len(config.channel_mults) - 1)))

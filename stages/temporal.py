@@ -14,7 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stages.blocks import group_norm, zero_module
+from stages.attention import attend
+from stages.blocks import zero_module
+from stages.group_norm import group_norm, group_norm_silu
 
 
 def _apply_mask(x: torch.Tensor, delta: torch.Tensor, video_mask: torch.Tensor | None, frames: int) -> torch.Tensor:
@@ -36,7 +38,7 @@ class TemporalConv(nn.Module):
     def forward(self, x: torch.Tensor, frames: int, video_mask: torch.Tensor | None = None) -> torch.Tensor:
         bf, c, h, w = x.shape
         b = bf // frames
-        clip = F.silu(self.norm(x)).reshape(b, frames, c, h, w).transpose(1, 2)  # [B, C, F, H, W], a view
+        clip = group_norm_silu(self.norm, x).reshape(b, frames, c, h, w).transpose(1, 2)  # [B, C, F, H, W], a view
         # The kernel-3 Conv1d over frames, run as a (3, 1, 1) Conv3d: on channels-last input the clip
         # view is already channels-last-3d memory, so nothing is transposed or copied.
         weight = self.conv.weight[..., None, None]  # [C, C, 3, 1, 1]
@@ -74,7 +76,7 @@ class TemporalAttention(nn.Module):
         seq = self.norm(x).reshape(b, frames, c, h, w).permute(0, 3, 4, 1, 2).reshape(b * h * w, frames, c)
         q, k, v = self.qkv(seq).reshape(b * h * w, frames, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
         bias = self.position_bias(frames, x.device, q.dtype)[None]  # [1, heads, F, F]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # [B*H*W, heads, F, d]
+        out = attend(q, k, v, bias)  # [B*H*W, heads, F, d]
         out = self.out(out.transpose(1, 2).reshape(b * h * w, frames, c))
         delta = out.reshape(b, h, w, frames, c).permute(0, 3, 4, 1, 2).reshape(bf, c, h, w)
         return _apply_mask(x, delta, video_mask, frames)

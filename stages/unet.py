@@ -16,7 +16,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from stages.attention import SpatialAttention
-from stages.blocks import Downsample, ResBlock, Upsample, group_norm, zero_module
+from stages.blocks import Downsample, ResBlock, Upsample, zero_module
+from stages.group_norm import group_norm, group_norm_silu
 from stages.conditioning import Conditioning
 from stages.embeddings import NullableProjection, TimeEmbedding, sinusoidal_embedding
 from stages.temporal import TemporalAttention, TemporalConv
@@ -298,5 +299,6 @@ class UNet(nn.Module):
             if isinstance(module, Unit):
                 h = torch.cat([h, skips.pop()], dim=1)
             h = self._run(module, h, state)
-        out = self.output(h)  # [B*F, C_out, H, W]
+        norm, _, conv = self.output  # GroupNorm, SiLU, conv
+        out = conv(group_norm_silu(norm, h))  # [B*F, C_out, H, W]
         return out.reshape(batch, frames, *out.shape[1:]) if video else out

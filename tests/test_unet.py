@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cascade.device import autocast, fast_dtype, prepare_for_inference, to_channels_last
-from stages.blocks import GroupNorm, ResBlock
+from stages.blocks import ResBlock
+from stages.group_norm import GroupNorm
 from stages.conditioning import Conditioning
 from stages.unet import UNet, UNetConfig
 

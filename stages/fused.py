@@ -1,0 +1,100 @@
+"""A layer and a residual add in one pass, for inference on the CPU (oneDNN post-ops).
+
+Every residual branch of the U-Net ends in a layer whose output is added to the branch's input:
+``conv2(h) + skip`` in a residual block, ``out(attention) + x`` in attention. On the CPU the add
+is a separate pass over the activation, as slow per element as the layer's own write (1.0 of
+2.9 ms for a 64-channel 64x64 bf16 batch of 16 here). oneDNN can add a tensor as the convolution
+or matmul writes its output (a "binary add" post-op); PyTorch exposes that as
+``torch.ops.mkldnn._convolution_pointwise`` and ``_linear_pointwise``, the ops inductor fuses into.
+
+These helpers use the fused op only where it computes what the plain layers do: CPU tensors of one
+dtype (float32 or bfloat16, no autocast), nothing that needs gradients (the ops have no backward),
+and a PyTorch with oneDNN. Everywhere else, and with ``CASCADE_FUSED=0`` in the environment, they
+run the plain layer and add.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_DTYPES = (torch.float32, torch.bfloat16)
+_switched_off = 0  # depth of nested :func:`unfused` blocks
+
+
+@functools.lru_cache(maxsize=1)
+def fusion_available() -> bool:
+    """True when this PyTorch has oneDNN and its pointwise-fusion ops, and ``CASCADE_FUSED`` is not 0."""
+    if os.environ.get("CASCADE_FUSED", "1") == "0":
+        return False
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops, "mkldnn")):
+        return False
+    return all(hasattr(torch.ops.mkldnn, op) for op in ("_convolution_pointwise_", "_linear_pointwise"))
+
+
+@contextlib.contextmanager
+def unfused() -> Iterator[None]:
+    """Plain layers and adds inside this block (FLOP counters see only the plain ops)."""
+    global _switched_off
+    _switched_off += 1
+    try:
+        yield
+    finally:
+        _switched_off -= 1
+
+
+def _fusable(*tensors: torch.Tensor) -> bool:
+    """Whether ``tensors`` (input, weight, residual, ...) can go through a fused oneDNN op unchanged."""
+    first = tensors[0]
+    return (
+        first.device.type == "cpu"
+        and first.dtype in _DTYPES
+        and all(t.device == first.device and t.dtype == first.dtype for t in tensors)
+        and not torch.is_grad_enabled()
+        and not torch.is_autocast_enabled("cpu")
+        and not _switched_off
+        and fusion_available()
+    )
+
+
+def conv_add(conv: nn.Conv2d, x: torch.Tensor, residual: torch.Tensor, *, overwrite_residual: bool = False) -> torch.Tensor:
+    """``conv(x) + residual`` for x [N, C_in, H, W] and residual [N, C_out, H', W'] (the conv's output shape).
+
+    Fused where possible: the convolution adds ``residual`` as it writes. With ``overwrite_residual``
+    the result is written into ``residual`` itself (no new buffer; pass it only for a tensor nothing
+    else reads, such as a fresh skip projection); otherwise into a copy of it.
+    """
+    plain_conv = (
+        conv.groups == 1
+        and conv.padding_mode == "zeros"
+        and not isinstance(conv.padding, str)
+        and x.ndim == 4
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and residual.is_contiguous(memory_format=torch.channels_last)
+    )
+    tensors = (x, conv.weight, residual) + ((conv.bias,) if conv.bias is not None else ())
+    if not (plain_conv and _fusable(*tensors)):
+        out = conv(x)
+        return out.add_(residual) if not torch.is_grad_enabled() and out.dtype == residual.dtype else out + residual
+    target = residual if overwrite_residual else residual.clone(memory_format=torch.channels_last)
+    # (A copy, then the in-place op, measured faster here than the out-of-place fused op: 2.2 against
+    # 2.4 ms for a 64-channel 64x64 batch of 16.)
+    return torch.ops.mkldnn._convolution_pointwise_.binary(
+        target, x, conv.weight, conv.bias, list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups,
+        "add", 1.0, None, [], None,
+    )
+
+
+def linear_add(linear: nn.Linear, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """``linear(x) + residual`` for x [..., D_in] and residual [..., D_out], fused where possible."""
+    tensors = (x, linear.weight, residual) + ((linear.bias,) if linear.bias is not None else ())
+    if not (_fusable(*tensors) and x.is_contiguous() and residual.is_contiguous() and x.shape[:-1] == residual.shape[:-1]):
+        out = F.linear(x, linear.weight, linear.bias)
+        return out.add_(residual) if not torch.is_grad_enabled() and out.dtype == residual.dtype else out + residual
+    return torch.ops.mkldnn._linear_pointwise.binary(x, residual, linear.weight, linear.bias, "add")

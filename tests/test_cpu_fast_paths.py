@@ -1,0 +1,266 @@
+"""The CPU fast paths compute what the plain layers compute: fused layer-plus-residual ops
+(stages/fused.py), the channels-last GroupNorm backward (stages/group_norm.py), small attention
+as matmuls (stages/attention.py) and our C kernels for GroupNorm and SiLU (stages/native.py),
+values and gradients against float64 references."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stages import fused, native
+from stages.attention import attend
+from stages.group_norm import GroupNorm, modulated_group_norm
+
+CL = torch.channels_last
+
+
+def seeded(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# -------------------------------------------------------------------------------- fused residual adds
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_conv_add_is_conv_plus_residual(dtype: torch.dtype, overwrite: bool) -> None:
+    g = seeded()
+    conv = nn.Conv2d(16, 24, 3, padding=1).to(dtype).to(memory_format=CL)
+    x = torch.randn(2, 16, 12, 12, generator=g).to(dtype).contiguous(memory_format=CL)
+    residual = torch.randn(2, 24, 12, 12, generator=g).to(dtype).contiguous(memory_format=CL)
+    kept = residual.clone()
+    with torch.no_grad():
+        expected = conv.double()(x.double()) + residual.double()
+        conv.to(dtype)
+        out = fused.conv_add(conv, x, residual, overwrite_residual=overwrite)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-2, atol=3e-2)
+    torch.testing.assert_close(out.double(), expected, **tol)
+    assert out.is_contiguous(memory_format=CL) and out.dtype == dtype
+    if fused.fusion_available():
+        # the fused op ran: it writes into the residual only when told to
+        assert (out.data_ptr() == residual.data_ptr()) == overwrite
+    if not overwrite:
+        assert torch.equal(residual, kept)
+
+
+def test_conv_add_falls_back_where_it_cannot_fuse() -> None:
+    """With gradients, or contiguous activations, or inside ``unfused()``: the plain conv and add."""
+    g = seeded(1)
+    conv = nn.Conv2d(8, 8, 3, padding=1)
+    x = torch.randn(2, 8, 6, 6, generator=g, requires_grad=True)
+    residual = torch.randn(2, 8, 6, 6, generator=g)
+    out = fused.conv_add(conv, x, residual)
+    out.sum().backward()
+    assert x.grad is not None and out.grad_fn is not None
+    torch.testing.assert_close(out, conv(x) + residual)
+    with torch.no_grad(), fused.unfused():
+        x_cl = x.detach().contiguous(memory_format=CL)
+        torch.testing.assert_close(fused.conv_add(conv, x_cl, residual.contiguous(memory_format=CL)), conv(x_cl) + residual)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_linear_add_is_linear_plus_residual(dtype: torch.dtype) -> None:
+    g = seeded(2)
+    linear = nn.Linear(32, 32).to(dtype)
+    x = torch.randn(3, 10, 32, generator=g).to(dtype)
+    residual = torch.randn(3, 10, 32, generator=g).to(dtype)
+    with torch.no_grad():
+        out = fused.linear_add(linear, x, residual)
+        expected = F.linear(x.double(), linear.weight.double(), linear.bias.double()) + residual.double()
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-2, atol=3e-2)
+    torch.testing.assert_close(out.double(), expected, **tol)
+
+
+def test_fusion_switch_off_by_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CASCADE_FUSED", "0")
+    fused.fusion_available.cache_clear()
+    try:
+        assert not fused.fusion_available()
+    finally:
+        monkeypatch.delenv("CASCADE_FUSED")
+        fused.fusion_available.cache_clear()
+
+
+# -------------------------------------------------------------------------------- GroupNorm backward
+
+
+def reference_modulated(x: torch.Tensor, groups: int, weight, bias, scale, shift) -> torch.Tensor:
+    """norm(x) * (1 + scale) + shift, written out in float64 on NCHW memory."""
+    normed = F.group_norm(x, groups, weight, bias, 1e-6)
+    return normed * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_modulated_group_norm_gradients_on_large_channels_last_maps(affine: bool) -> None:
+    """32x32 channels-last maps with gradients take the transpose-free backward: every gradient
+    (input, per-sample scale and shift, the norm's weight and bias) equals the float64 reference."""
+    g = seeded(3)
+    norm = GroupNorm(8, 32, eps=1e-6, affine=affine)
+    if affine:
+        with torch.no_grad():
+            norm.weight.copy_(1 + 0.2 * torch.randn(32, generator=g))
+            norm.bias.copy_(0.2 * torch.randn(32, generator=g))
+    x = torch.randn(3, 32, 32, 32, generator=g) * 2 + 0.7
+    scale, shift = 0.3 * torch.randn(3, 32, generator=g), 0.3 * torch.randn(3, 32, generator=g)
+    upstream = torch.randn(3, 32, 32, 32, generator=g)
+
+    leaves = [x.contiguous(memory_format=CL), scale.clone(), shift.clone()]
+    for t in leaves:
+        t.requires_grad_()
+    out = modulated_group_norm(leaves[0], norm, leaves[1], leaves[2])
+    assert out.is_contiguous(memory_format=CL)
+    (out * upstream).sum().backward()
+
+    reference = [t.double().clone().requires_grad_() for t in (x, scale, shift)]
+    params = [p.detach().double().clone().requires_grad_() for p in (norm.weight, norm.bias)] if affine else [None, None]
+    expected = reference_modulated(reference[0], 8, *params, reference[1], reference[2])
+    (expected * upstream.double()).sum().backward()
+
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+    for ours, theirs in zip(leaves, reference):
+        torch.testing.assert_close(ours.grad.double(), theirs.grad, rtol=1e-4, atol=1e-4)
+    if affine:
+        torch.testing.assert_close(norm.weight.grad.double(), params[0].grad, rtol=1e-4, atol=1e-3)
+        torch.testing.assert_close(norm.bias.grad.double(), params[1].grad, rtol=1e-4, atol=1e-3)
+
+
+def test_group_norm_without_affine_on_large_channels_last_maps() -> None:
+    g = seeded(4)
+    norm = GroupNorm(4, 16, eps=1e-6, affine=False)
+    x = (torch.randn(2, 16, 32, 32, generator=g) * 3 - 1).contiguous(memory_format=CL).requires_grad_()
+    x_ref = x.detach().double().contiguous().requires_grad_()
+    upstream = torch.randn(2, 16, 32, 32, generator=g)
+    (norm(x) * upstream).sum().backward()
+    (F.group_norm(x_ref, 4, None, None, 1e-6) * upstream.double()).sum().backward()
+    torch.testing.assert_close(x.grad.double(), x_ref.grad, rtol=1e-4, atol=1e-4)
+
+
+# -------------------------------------------------------------------------------- attention
+
+
+@pytest.mark.parametrize("mask_kind", [None, "bool", "additive"])
+def test_small_attention_with_gradients_matches_sdpa(mask_kind: str | None) -> None:
+    """The matmul path (small, CPU, gradients) against scaled_dot_product_attention in float64."""
+    g = seeded(5)
+    q, k, v = (torch.randn(2, 3, 16, 8, generator=g) for _ in range(3))
+    k, v = torch.cat([k, torch.randn(2, 3, 4, 8, generator=g)], 2), torch.cat([v, torch.randn(2, 3, 4, 8, generator=g)], 2)
+    mask = None
+    if mask_kind == "bool":
+        mask = torch.ones(2, 1, 1, 20, dtype=torch.bool)
+        mask[1, ..., 17:] = False
+    elif mask_kind == "additive":
+        mask = torch.randn(1, 3, 16, 20, generator=g)
+    ours = [t.clone().requires_grad_() for t in (q, k, v)]
+    theirs = [t.double().clone().requires_grad_() for t in (q, k, v)]
+    out = attend(*ours, mask)
+    expected = F.scaled_dot_product_attention(*theirs, attn_mask=None if mask is None else (mask if mask.dtype == torch.bool else mask.double()))
+    upstream = torch.randn(out.shape, generator=g)
+    (out * upstream).sum().backward()
+    (expected * upstream.double()).sum().backward()
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a.grad.double(), b.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_small_attention_under_autocast_keeps_float32_scores() -> None:
+    """Under bf16 autocast the scores and softmax stay float32; the output is bf16 like SDPA's."""
+    g = seeded(6)
+    q, k, v = (torch.randn(2, 2, 8, 16, generator=g).bfloat16().requires_grad_() for _ in range(3))
+    with torch.autocast("cpu", torch.bfloat16):
+        out = attend(q, k, v)
+    expected = F.scaled_dot_product_attention(q.double(), k.double(), v.double())
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.double(), expected, rtol=2e-2, atol=2e-2)
+
+
+# -------------------------------------------------------------------------------- C kernels
+
+needs_kernels = pytest.mark.skipif(native.library() is None, reason="no C compiler here: the kernels fall back to PyTorch")
+
+
+def channels_last_bf16(*shape: int, seed: int = 7, scale: float = 2.0, offset: float = 0.5) -> torch.Tensor:
+    return (torch.randn(*shape, generator=seeded(seed)) * scale + offset).bfloat16().contiguous(memory_format=CL)
+
+
+def test_kernels_build_where_a_compiler_exists() -> None:
+    if shutil.which("cc"):
+        assert native.library() is not None
+
+
+@needs_kernels
+def test_channel_sums_are_float32_sums() -> None:
+    x = channels_last_bf16(3, 40, 9, 7)
+    total, squares = native.channel_sums(x)
+    exact = x.double()
+    torch.testing.assert_close(total.double(), exact.sum((2, 3)), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(squares.double(), (exact * exact).sum((2, 3)), rtol=1e-5, atol=1e-4)
+
+
+@needs_kernels
+@pytest.mark.parametrize("silu", [False, True])
+def test_scale_shift_act_is_exact_to_bf16_rounding(silu: bool) -> None:
+    """act(x * a + b) against float64: within half a bf16 step (2^-8 relative: 8 significant bits) plus exp's 3e-6,
+    over inputs from -100 to 100 (SiLU's tails included)."""
+    x = channels_last_bf16(2, 48, 16, 16, scale=20.0)
+    x[0, 0, 0, :4] = torch.tensor([-100.0, 100.0, 0.0, -1e-30]).bfloat16()
+    g = seeded(8)
+    a, b = 1 + 0.5 * torch.randn(2, 48, generator=g), torch.randn(2, 48, generator=g)
+    out = native.scale_shift_act(x, a, b, silu)
+    v = x.double() * a.double()[:, :, None, None] + b.double()[:, :, None, None]
+    expected = F.silu(v) if silu else v
+    assert out.dtype == torch.bfloat16 and out.is_contiguous(memory_format=CL)
+    error = (out.double() - expected).abs()
+    assert bool((error <= expected.abs() * (2**-8 + 1e-5) + 1e-30).all()), float((error / expected.abs().clamp_min(1e-30)).max())
+
+
+@needs_kernels
+@pytest.mark.parametrize("shape", [(4, 64, 32, 32), (2, 96, 8, 8)])
+def test_modulated_group_norm_with_kernels_matches_float64(shape: tuple[int, ...]) -> None:
+    """The bf16 inference path (our kernels) against the written formula in float64, SiLU included."""
+    norm = GroupNorm(32, shape[1], eps=1e-6)
+    g = seeded(9)
+    with torch.no_grad():
+        norm.weight.copy_(1 + 0.2 * torch.randn(shape[1], generator=g))
+        norm.bias.copy_(0.2 * torch.randn(shape[1], generator=g))
+    scale, shift = 0.3 * torch.randn(shape[:2], generator=g), 0.3 * torch.randn(shape[:2], generator=g)
+    x = channels_last_bf16(*shape, scale=3.0, offset=2.0)
+    with torch.inference_mode():
+        out = modulated_group_norm(x, norm, scale, shift, silu=True)
+        plain = norm(x)
+    expected = F.silu(reference_modulated(x.double(), 32, norm.weight.double(), norm.bias.double(), scale.double(), shift.double()))
+    torch.testing.assert_close(out.double(), expected, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(plain.double(), F.group_norm(x.double(), 32, norm.weight.double(), norm.bias.double(), 1e-6),
+                               rtol=2e-2, atol=2e-2)
+
+
+@needs_kernels
+def test_kernels_let_nan_through() -> None:
+    """A NaN in the input (a diverged model) makes its group NaN, as PyTorch's GroupNorm does."""
+    norm = GroupNorm(4, 16, eps=1e-6)
+    x = channels_last_bf16(2, 16, 8, 8)
+    x[1, 5, 3, 3] = float("nan")
+    with torch.inference_mode():
+        out = modulated_group_norm(x, norm, torch.zeros(2, 16), torch.zeros(2, 16), silu=True)
+    assert bool(out[1, 4:8].isnan().all()) and not bool(out[0].isnan().any()) and not bool(out[1, :4].isnan().any())
+
+
+def test_without_kernels_the_same_norm_runs_in_pytorch(monkeypatch: pytest.MonkeyPatch) -> None:
+    norm = GroupNorm(8, 32, eps=1e-6)
+    x = channels_last_bf16(2, 32, 32, 32)
+    scale, shift = torch.zeros(2, 32), torch.zeros(2, 32)
+    with torch.inference_mode():
+        fast = modulated_group_norm(x, norm, scale, shift, silu=True)
+        monkeypatch.setenv("CASCADE_NATIVE", "0")
+        native.library.cache_clear()
+        try:
+            assert native.library() is None
+            slow = modulated_group_norm(x, norm, scale, shift, silu=True)
+        finally:
+            monkeypatch.delenv("CASCADE_NATIVE")
+            native.library.cache_clear()
+    torch.testing.assert_close(fast.float(), slow.float(), rtol=2e-2, atol=2e-2)
