@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stages.fused import conv_add
-from stages.group_norm import group_norm, group_norm_silu, modulated_group_norm
+from stages.fused import concat_conv_fusable, conv_add, conv_of_concat
+from stages.group_norm import concat_free, group_norm, group_norm_silu, modulated_group_norm
 
 
 def zero_module(module: nn.Module) -> nn.Module:
@@ -34,14 +34,22 @@ class ResBlock(nn.Module):
         self.conv2 = zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1))
         self.skip = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(group_norm_silu(self.norm1, x))  # [N, C_out, H, W]
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        """``extra`` [N, C_extra, H, W]: the block's input is x and extra concatenated along channels
+        (C_in = C_x + C_extra; the U-Net's skip connections). In inference on the CPU the
+        concatenation is never built: the first norm reads both, the skip projection convolves each."""
+        if extra is not None and not self._concat_free(x, extra):
+            x, extra = torch.cat([x, extra], dim=1), None
+        h = self.conv1(group_norm_silu(self.norm1, x, extra))  # [N, C_out, H, W]
         scale, shift = self.emb(F.silu(emb)).chunk(2, dim=1)  # [N, C_out] each
         h = modulated_group_norm(h, self.norm2, scale, shift, silu=True)  # silu(norm2(h) * (1 + scale) + shift)
         if self.dropout.p > 0:
             h = self.dropout(h)
-        skip = self.skip(x)
+        skip = self.skip(x) if extra is None else conv_of_concat(self.skip, x, extra)
         return conv_add(self.conv2, h, skip, overwrite_residual=not isinstance(self.skip, nn.Identity))  # conv2(h) + skip
+
+    def _concat_free(self, x: torch.Tensor, extra: torch.Tensor) -> bool:
+        return isinstance(self.skip, nn.Conv2d) and concat_free(x, extra) and concat_conv_fusable(self.skip, x, extra)
 
 
 class Downsample(nn.Module):

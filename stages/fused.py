@@ -1,4 +1,4 @@
-"""A layer and a residual add in one pass, for inference on the CPU (oneDNN post-ops).
+"""A layer and an add in one pass, for inference on the CPU (oneDNN post-ops).
 
 Every residual branch of the U-Net ends in a layer whose output is added to the branch's input:
 ``conv2(h) + skip`` in a residual block, ``out(attention) + x`` in attention. On the CPU the add
@@ -6,6 +6,8 @@ is a separate pass over the activation, as slow per element as the layer's own w
 2.9 ms for a 64-channel 64x64 bf16 batch of 16 here). oneDNN can add a tensor as the convolution
 or matmul writes its output (a "binary add" post-op); PyTorch exposes that as
 ``torch.ops.mkldnn._convolution_pointwise`` and ``_linear_pointwise``, the ops inductor fuses into.
+
+The same post-op convolves a channel concatenation without building it (:func:`conv_of_concat`).
 
 These helpers use the fused op only where it computes what the plain layers do: CPU tensors of one
 dtype (float32 or bfloat16, no autocast), nothing that needs gradients (the ops have no backward),
@@ -63,6 +65,25 @@ def _fusable(*tensors: torch.Tensor) -> bool:
     )
 
 
+def _plain_conv(conv: nn.Conv2d, *inputs: torch.Tensor) -> bool:
+    """A convolution the fused ops take as is, on channels-last 4-D ``inputs`` (input, residual, ...)."""
+    return (
+        conv.groups == 1
+        and conv.padding_mode == "zeros"
+        and not isinstance(conv.padding, str)
+        and all(t.ndim == 4 and t.is_contiguous(memory_format=torch.channels_last) for t in inputs)
+    )
+
+
+def _accumulate(target: torch.Tensor, conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor,
+                bias: torch.Tensor | None) -> torch.Tensor:
+    """target += conv(x) with ``weight`` and ``bias`` in place of the conv's own, in one oneDNN op."""
+    return torch.ops.mkldnn._convolution_pointwise_.binary(
+        target, x, weight, bias, list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups,
+        "add", 1.0, None, [], None,
+    )
+
+
 def conv_add(conv: nn.Conv2d, x: torch.Tensor, residual: torch.Tensor, *, overwrite_residual: bool = False) -> torch.Tensor:
     """``conv(x) + residual`` for x [N, C_in, H, W] and residual [N, C_out, H', W'] (the conv's output shape).
 
@@ -70,25 +91,35 @@ def conv_add(conv: nn.Conv2d, x: torch.Tensor, residual: torch.Tensor, *, overwr
     the result is written into ``residual`` itself (no new buffer; pass it only for a tensor nothing
     else reads, such as a fresh skip projection); otherwise into a copy of it.
     """
-    plain_conv = (
-        conv.groups == 1
-        and conv.padding_mode == "zeros"
-        and not isinstance(conv.padding, str)
-        and x.ndim == 4
-        and x.is_contiguous(memory_format=torch.channels_last)
-        and residual.is_contiguous(memory_format=torch.channels_last)
-    )
     tensors = (x, conv.weight, residual) + ((conv.bias,) if conv.bias is not None else ())
-    if not (plain_conv and _fusable(*tensors)):
+    if not (_plain_conv(conv, x, residual) and _fusable(*tensors)):
         out = conv(x)
         return out.add_(residual) if not torch.is_grad_enabled() and out.dtype == residual.dtype else out + residual
     target = residual if overwrite_residual else residual.clone(memory_format=torch.channels_last)
     # (A copy, then the in-place op, measured faster here than the out-of-place fused op: 2.2 against
     # 2.4 ms for a 64-channel 64x64 batch of 16.)
-    return torch.ops.mkldnn._convolution_pointwise_.binary(
-        target, x, conv.weight, conv.bias, list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups,
-        "add", 1.0, None, [], None,
-    )
+    return _accumulate(target, conv, x, conv.weight, conv.bias)
+
+
+def concat_conv_fusable(conv: nn.Conv2d, first: torch.Tensor, second: torch.Tensor) -> bool:
+    """Whether :func:`conv_of_concat` runs without building the concatenation."""
+    tensors = (first, second, conv.weight) + ((conv.bias,) if conv.bias is not None else ())
+    return _plain_conv(conv, first, second) and _fusable(*tensors)
+
+
+def conv_of_concat(conv: nn.Conv2d, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """``conv(cat([first, second], dim=1))`` for first [N, C1, H, W] and second [N, C2, H, W].
+
+    Fused where possible, without the concatenation: conv over first with the weights' first C1
+    input channels, then the convolution over second with the rest added in place as it writes.
+    """
+    if not concat_conv_fusable(conv, first, second):
+        return conv(torch.cat([first, second], dim=1))
+    split = first.shape[1]
+    head = conv.weight[:, :split].contiguous(memory_format=torch.channels_last)  # [C_out, C1, k, k]
+    tail = conv.weight[:, split:].contiguous(memory_format=torch.channels_last)
+    out = F.conv2d(first, head, conv.bias, conv.stride, conv.padding, conv.dilation)
+    return _accumulate(out, conv, second, tail, None)
 
 
 def linear_add(linear: nn.Linear, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:

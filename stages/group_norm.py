@@ -86,16 +86,6 @@ def _scaled_norm_by_sums(x: torch.Tensor, num_groups: int, eps: float, gain: tor
     return torch.addcmul(b.to(x.dtype)[:, :, None, None], x, a.to(x.dtype)[:, :, None, None])
 
 
-def _scaled_norm_by_kernels(x: torch.Tensor, num_groups: int, eps: float, gain: torch.Tensor, shift: torch.Tensor,
-                            silu: bool) -> torch.Tensor:
-    """act(xhat * gain + shift) for a bf16 channels-last x without gradients, in two passes of our C
-    kernels (per-channel sums; then scale, shift and SiLU)."""
-    n, c, h, w = x.shape
-    total, squares = native.channel_sums(x)
-    a, b = _scale_and_shift(total, squares, (c // num_groups) * h * w, num_groups, eps, gain, shift)
-    return native.scale_shift_act(x, a, b, silu)
-
-
 class _ScaledNorm(torch.autograd.Function):
     """xhat * gain + shift for channels-last x [N, C, H, W], xhat = (x - mean) * rstd per (sample, group),
     gain and shift [N, C] or [1, C] float32 (per sample, or the norm's own affine parameters).
@@ -145,21 +135,42 @@ class _ScaledNorm(torch.autograd.Function):
         return dx, None, None, dgain, dshift
 
 
-def scaled_group_norm(x: torch.Tensor, norm: nn.GroupNorm, gain: torch.Tensor, shift: torch.Tensor, *,
-                      silu: bool = False) -> torch.Tensor:
-    """act(xhat * gain + shift): xhat x [N, C, H, W] normalised by ``norm``'s groups (not its affine
-    parameters), gain and shift [N, C] or [1, C] float32, act SiLU or nothing. Same memory format out."""
+def _fold(norm: nn.GroupNorm, x: torch.Tensor, scale: torch.Tensor | None,
+          shift: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(gain, offset) [N|1, C] float32 with (xhat * weight + bias) * (1 + scale) + shift = xhat * gain + offset:
+    (n * g + b)(1 + s) + t = n * g(1 + s) + (b(1 + s) + t)."""
+    channels = x.shape[1]
+    gain = norm.weight.float()[None] if norm.affine else torch.ones(1, channels, device=x.device)
+    offset = norm.bias.float()[None] if norm.affine else torch.zeros(1, channels, device=x.device)
+    if scale is not None:
+        factor = 1 + scale.float()  # [N, C]
+        gain, offset = gain * factor, offset * factor
+    if shift is not None:
+        offset = offset + shift.float()
+    return gain, offset
+
+
+def _normalize(x: torch.Tensor, norm: nn.GroupNorm, scale: torch.Tensor | None = None, shift: torch.Tensor | None = None,
+               silu: bool = False) -> torch.Tensor:
+    """act((norm(x)) * (1 + scale) + shift) for x [N, C, H, W], scale and shift [N, C] or None, act SiLU
+    or nothing, on the fast path for x (see the module's docstring). Same memory format out."""
     route = _route(x)
+    weight, bias = (norm.weight, norm.bias) if norm.affine else (None, None)
     if route == "kernels":
-        return _scaled_norm_by_kernels(x, norm.num_groups, norm.eps, gain, shift, silu)
-    if route == "rows":
-        y = _ScaledNorm.apply(x, norm.num_groups, norm.eps, gain, shift)
-    elif route == "sums":
-        y = _scaled_norm_by_sums(x, norm.num_groups, norm.eps, gain, shift)
+        return native.group_norm_act(x, norm.num_groups, norm.eps, weight, bias, scale, shift, silu)
+    if route in ("native", "nchw") and scale is None and shift is None:  # PyTorch's kernel applies the affine
+        y = F.group_norm(x.contiguous() if route == "nchw" else x, norm.num_groups, weight, bias, norm.eps)
     else:
-        normed = F.group_norm(x.contiguous() if route == "nchw" else x, norm.num_groups, None, None, norm.eps)
-        y = torch.addcmul(shift.to(normed.dtype)[:, :, None, None], normed, gain.to(normed.dtype)[:, :, None, None])
-        y = y.contiguous(memory_format=torch.channels_last) if route == "nchw" else y
+        gain, offset = _fold(norm, x, scale, shift)
+        if route == "rows":
+            y = _ScaledNorm.apply(x, norm.num_groups, norm.eps, gain, offset)
+        elif route == "sums":
+            y = _scaled_norm_by_sums(x, norm.num_groups, norm.eps, gain, offset)
+        else:
+            normed = F.group_norm(x.contiguous() if route == "nchw" else x, norm.num_groups, None, None, norm.eps)
+            y = torch.addcmul(offset.to(normed.dtype)[:, :, None, None], normed, gain.to(normed.dtype)[:, :, None, None])
+    if route == "nchw":
+        y = y.contiguous(memory_format=torch.channels_last)
     return F.silu(y, inplace=not torch.is_grad_enabled()) if silu else y
 
 
@@ -168,20 +179,7 @@ class GroupNorm(nn.GroupNorm):
     the output keeps the input's memory format."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        route = _route(x)
-        if route == "native":
-            return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
-        if route == "nchw":
-            y = F.group_norm(x.contiguous(), self.num_groups, self.weight, self.bias, self.eps)
-            return y.contiguous(memory_format=torch.channels_last)
-        return scaled_group_norm(x, self, *self.gain_and_shift(x))
-
-    def gain_and_shift(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The affine parameters as [1, C] float32 (ones and zeros without them)."""
-        if self.affine:
-            return self.weight.float()[None], self.bias.float()[None]
-        ones = torch.ones(1, x.shape[1], dtype=torch.float32, device=x.device)
-        return ones, torch.zeros_like(ones)
+        return _normalize(x, self)
 
 
 def group_norm(channels: int) -> GroupNorm:
@@ -192,11 +190,23 @@ def group_norm(channels: int) -> GroupNorm:
     return GroupNorm(groups, channels, eps=1e-6)
 
 
-def group_norm_silu(norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
-    """silu(norm(x)) for x [N, C, H, W], in one pass after the statistics where our kernels apply."""
-    if isinstance(norm, GroupNorm) and _route(x) == "kernels":
-        return scaled_group_norm(x, norm, *norm.gain_and_shift(x), silu=True)
-    return F.silu(norm(x), inplace=not torch.is_grad_enabled())
+def group_norm_silu(norm: nn.GroupNorm, x: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+    """silu(norm(x)) for x [N, C, H, W], the SiLU in the normalising pass where our kernels run.
+
+    ``extra`` [N, C2, H, W]: normalise x and extra concatenated along channels; without the
+    concatenation where our kernels take both (:func:`concat_free`).
+    """
+    if extra is None:
+        return _normalize(x, norm, silu=True)
+    if not concat_free(x, extra):
+        return _normalize(torch.cat([x, extra], dim=1), norm, silu=True)
+    weight, bias = (norm.weight, norm.bias) if norm.affine else (None, None)
+    return native.group_norm_act(x, norm.num_groups, norm.eps, weight, bias, silu=True, extra=extra)
+
+
+def concat_free(x: torch.Tensor, extra: torch.Tensor) -> bool:
+    """Whether :func:`group_norm_silu` normalises x and extra without building their concatenation."""
+    return _channels_last(x) and _channels_last(extra) and native.usable(x, extra)
 
 
 def modulated_group_norm(x: torch.Tensor, norm: nn.GroupNorm, scale: torch.Tensor, shift: torch.Tensor, *,
@@ -204,10 +214,6 @@ def modulated_group_norm(x: torch.Tensor, norm: nn.GroupNorm, scale: torch.Tenso
     """``norm(x) * (1 + scale) + shift`` (then SiLU if ``silu``) for x [N, C, H, W], scale and shift [N, C].
 
     The norm's affine parameters fold into the per-sample scale and shift, so after the
-    normalisation one pass does the rest: (n * g + b)(1 + s) + t = n * g(1 + s) + (b(1 + s) + t).
+    normalisation one pass does the rest.
     """
-    gain, shift = 1 + scale.float(), shift.float()  # [N, C], folded in float32 (they are small)
-    if norm.affine:
-        shift = torch.addcmul(shift, norm.bias.float(), gain)  # b (1 + s) + t
-        gain = gain * norm.weight.float()  # g (1 + s)
-    return scaled_group_norm(x, norm, gain, shift, silu=silu)
+    return _normalize(x, norm, scale, shift, silu)

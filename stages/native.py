@@ -80,40 +80,52 @@ def library() -> ctypes.CDLL | None:
                       "GroupNorm and SiLU run as PyTorch ops, slower", stacklevel=2)
         return None
     pointer, size = ctypes.c_void_p, ctypes.c_long
-    lib.channel_sums_bf16.argtypes = [pointer, size, size, size, pointer, pointer]
-    lib.channel_sums_bf16.restype = ctypes.c_int
-    lib.scale_shift_act_bf16.argtypes = [pointer, pointer, pointer, pointer, size, size, size, ctypes.c_int]
-    lib.scale_shift_act_bf16.restype = None
+    lib.group_norm_act_bf16.argtypes = [pointer, size, pointer, size, size, size, size, ctypes.c_float,
+                                        pointer, pointer, pointer, pointer, ctypes.c_int, pointer]
+    lib.group_norm_act_bf16.restype = ctypes.c_int
     return lib
 
 
-def usable(x: torch.Tensor) -> bool:
-    """Whether the kernels take ``x``: a bf16 channels-last CPU activation [N, C, H, W], no gradients, kernels built."""
+def _float_pointer(t: torch.Tensor | None, shape: tuple[int, ...], keep: list) -> int | None:
+    """The address of ``t`` as contiguous float32 of ``shape`` (kept alive in ``keep``), or None."""
+    if t is None:
+        return None
+    t = t.detach().float().reshape(shape).contiguous()
+    keep.append(t)
+    return t.data_ptr()
+
+
+def usable(*tensors: torch.Tensor) -> bool:
+    """Whether the kernels take ``tensors``: bf16 channels-last CPU activations [N, C, H, W] that need no
+    gradients, all with the same N, H and W, and kernels built here."""
+    first = tensors[0]
     return (
-        x.device.type == "cpu"
-        and x.dtype == torch.bfloat16
-        and x.ndim == 4
-        and x.is_contiguous(memory_format=torch.channels_last)
-        and not (torch.is_grad_enabled() and x.requires_grad)
+        all(t.device.type == "cpu" and t.dtype == torch.bfloat16 and t.ndim == 4 for t in tensors)
+        and all(t.is_contiguous(memory_format=torch.channels_last) for t in tensors)
+        and all(t.shape[0] == first.shape[0] and t.shape[2:] == first.shape[2:] for t in tensors)
+        and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
         and library() is not None
     )
 
 
-def channel_sums(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum, sum of squares) over the positions of each sample and channel of x [N, C, H, W]: [N, C] float32 each."""
+def group_norm_act(x: torch.Tensor, groups: int, eps: float, weight: torch.Tensor | None = None,
+                   bias: torch.Tensor | None = None, scale: torch.Tensor | None = None, shift: torch.Tensor | None = None,
+                   silu: bool = False, extra: torch.Tensor | None = None) -> torch.Tensor:
+    """act((norm(x) * weight + bias) * (1 + scale) + shift) in one call, x [N, C, H, W] bf16 channels-last.
+
+    ``extra`` [N, C2, H, W]: x and extra concatenated along channels are normalised (the U-Net's skip
+    connections), without materialising the concatenation; the output has C + C2 channels.
+    weight and bias [C (+ C2)], scale and shift [N, C (+ C2)] (each may be None); act SiLU or nothing.
+    """
     n, c, h, w = x.shape
-    total, squares = torch.empty(n, c), torch.empty(n, c)
-    status = library().channel_sums_bf16(x.data_ptr(), n, h * w, c, total.data_ptr(), squares.data_ptr())
+    channels = c + (extra.shape[1] if extra is not None else 0)
+    keep: list[torch.Tensor] = []
+    pointers = [_float_pointer(weight, (channels,), keep), _float_pointer(bias, (channels,), keep),
+                _float_pointer(scale, (n, channels), keep), _float_pointer(shift, (n, channels), keep)]
+    out = torch.empty(n, channels, h, w, dtype=x.dtype, memory_format=torch.channels_last)
+    status = library().group_norm_act_bf16(
+        x.data_ptr(), c, None if extra is None else extra.data_ptr(), channels - c, n, h * w, groups, eps, *pointers,
+        int(silu), out.data_ptr())
     if status != 0:
-        raise MemoryError("channel_sums_bf16: out of memory")
-    return total, squares
-
-
-def scale_shift_act(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, silu: bool) -> torch.Tensor:
-    """SiLU (or nothing) of ``x * scale + shift``: x [N, C, H, W] bf16 channels-last, scale and shift
-    [N, C] float32 -> a new bf16 channels-last tensor."""
-    n, c, h, w = x.shape
-    scale, shift = scale.float().expand(n, c).contiguous(), shift.float().expand(n, c).contiguous()
-    out = torch.empty_like(x)
-    library().scale_shift_act_bf16(x.data_ptr(), scale.data_ptr(), shift.data_ptr(), out.data_ptr(), n, h * w, c, int(silu))
+        raise MemoryError("group_norm_act_bf16: out of memory")
     return out

@@ -119,8 +119,9 @@ class Unit(nn.Module):
             else None
         )
 
-    def forward(self, x: torch.Tensor, state: _State) -> torch.Tensor:
-        x = self.res(x, state.emb)
+    def forward(self, x: torch.Tensor, state: _State, skip: torch.Tensor | None = None) -> torch.Tensor:
+        """x [N, C, H, W]; ``skip``: the U-Net's skip connection, concatenated to x along channels."""
+        x = self.res(x, state.emb, skip)
         video = state.frames > 1
         if self.temporal_conv is not None and video:
             x = self.temporal_conv(x, state.frames, state.video_mask)
@@ -261,11 +262,11 @@ class UNet(nn.Module):
 
     # ------------------------------------------------------------------ forward
 
-    def _run(self, module: nn.Module, x: torch.Tensor, state: _State) -> torch.Tensor:
+    def _run(self, module: nn.Module, x: torch.Tensor, state: _State, skip: torch.Tensor | None = None) -> torch.Tensor:
         if isinstance(module, Unit):
             if self.config.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                return checkpoint(module, x, state, use_reentrant=False)
-            return module(x, state)
+                return checkpoint(module, x, state, skip, use_reentrant=False)
+            return module(x, state, skip)
         return module(x)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning | None = None) -> torch.Tensor:
@@ -296,9 +297,7 @@ class UNet(nn.Module):
         for module in self.middle:
             h = self._run(module, h, state)
         for module in self.up:
-            if isinstance(module, Unit):
-                h = torch.cat([h, skips.pop()], dim=1)
-            h = self._run(module, h, state)
+            h = self._run(module, h, state, skips.pop() if isinstance(module, Unit) else None)
         norm, _, conv = self.output  # GroupNorm, SiLU, conv
         out = conv(group_norm_silu(norm, h))  # [B*F, C_out, H, W]
         return out.reshape(batch, frames, *out.shape[1:]) if video else out

@@ -60,8 +60,10 @@ static inline float fast_exp(float x) {
 
 /* ---------------------------------------------------------------- per-channel sums */
 
-/* sum[n][c] = sum over rows of x, sum_sq[n][c] = sum of x^2 (float32). Returns 0, or -1 if out of memory. */
-int channel_sums_bf16(const uint16_t *x, long samples, long rows, long channels, float *sum, float *sum_sq) {
+/* sum[n * stride + c] = sum over rows of x[n][row][c], sum_sq likewise of x^2 (float32), for x of
+ * channels channels a row. Returns 0, or -1 if out of memory. */
+static int channel_sums_bf16(const uint16_t *x, long samples, long rows, long channels, float *sum, float *sum_sq,
+                             long stride) {
     const long C = channels, size = samples * channels, total = samples * rows;
     const int threads = omp_get_max_threads();
     float *partial = calloc((size_t)(2 * size * threads), sizeof(float)); /* each thread's own sums */
@@ -86,8 +88,8 @@ int channel_sums_bf16(const uint16_t *x, long samples, long rows, long channels,
             s += partial[2 * size * i + k];
             q += partial[2 * size * i + size + k];
         }
-        sum[k] = s;
-        sum_sq[k] = q;
+        sum[(k / C) * stride + k % C] = s;
+        sum_sq[(k / C) * stride + k % C] = q;
     }
     free(partial);
     return 0;
@@ -108,11 +110,12 @@ static void affine_row(const uint16_t *restrict in, const float *restrict a, con
     for (long c = 0; c < channels; c++) out[c] = float_to_bf16(bf16_to_float(in[c]) * a[c] + b[c]);
 }
 
-/* y[n][row][c] = act(x[n][row][c] * scale[n][c] + shift[n][c]), act SiLU when silu != 0, else identity.
- * y must not overlap x. */
-void scale_shift_act_bf16(const uint16_t *x, const float *scale, const float *shift, uint16_t *y, long samples,
-                          long rows, long channels, int silu) {
-    const long C = channels, total = samples * rows;
+/* y[n][row][c] = act(x[n][row][c] * a[n * stride + c] + b[n * stride + c]) for c < channels, act SiLU
+ * when silu != 0, else identity; x's rows hold channels values, y's rows y_row (y may be a column
+ * offset into wider rows). y must not overlap x. */
+static void scale_shift_act_bf16(const uint16_t *x, long channels, const float *a, const float *b, long stride,
+                                 uint16_t *y, long y_row, long samples, long rows, int silu) {
+    const long total = samples * rows;
 #pragma omp parallel
     {
 #if defined(__x86_64__) || defined(__i386__)
@@ -124,11 +127,56 @@ void scale_shift_act_bf16(const uint16_t *x, const float *scale, const float *sh
 #endif
 #pragma omp for schedule(static)
         for (long r = 0; r < total; r++) {
-            const float *a = scale + (r / rows) * C, *b = shift + (r / rows) * C;
-            (silu ? silu_row : affine_row)(x + r * C, a, b, y + r * C, C);
+            const long n = r / rows;
+            (silu ? silu_row : affine_row)(x + r * channels, a + n * stride, b + n * stride, y + r * y_row, channels);
         }
 #if defined(__x86_64__) || defined(__i386__)
         _mm_setcsr(mode);
 #endif
     }
+}
+
+/* ---------------------------------------------------------------- the whole GroupNorm, one call */
+
+/* GroupNorm over the channels of x1 (c1 a row) followed by those of x2 (c2 a row; x2 may be NULL
+ * with c2 = 0), as if concatenated, written concatenated into y (c1 + c2 a row):
+ * y = act(((x - mean) * rstd * weight[c] + bias[c]) * (1 + scale[n][c]) + shift[n][c]), mean and
+ * rstd per sample n and group of (c1 + c2) / groups channels, act SiLU when silu != 0. weight and
+ * bias [c1 + c2] may be NULL (1 and 0), scale and shift [samples][c1 + c2] too (0 and 0). y must
+ * not overlap the inputs. Returns 0, or -1 if out of memory. */
+int group_norm_act_bf16(const uint16_t *x1, long c1, const uint16_t *x2, long c2, long samples, long rows, long groups,
+                        float eps, const float *weight, const float *bias, const float *scale, const float *shift,
+                        int silu, uint16_t *y) {
+    const long C = c1 + c2, per_group = C / groups, size = samples * C;
+    float *work = malloc((size_t)(4 * size) * sizeof(float));
+    if (!work) return -1;
+    float *sum = work, *sum_sq = work + size, *a = work + 2 * size, *b = work + 3 * size;
+    if (channel_sums_bf16(x1, samples, rows, c1, sum, sum_sq, C) != 0 ||
+        (c2 > 0 && channel_sums_bf16(x2, samples, rows, c2, sum + c1, sum_sq + c1, C) != 0)) {
+        free(work);
+        return -1;
+    }
+    const double count = (double)per_group * (double)rows;
+    for (long n = 0; n < samples; n++) {
+        for (long g = 0; g < groups; g++) {
+            double s = 0.0, q = 0.0;
+            for (long c = g * per_group; c < (g + 1) * per_group; c++) {
+                s += sum[n * C + c];
+                q += sum_sq[n * C + c];
+            }
+            double mean = s / count, var = q / count - mean * mean;
+            float rstd = (float)(1.0 / __builtin_sqrt((var > 0.0 ? var : 0.0) + eps));
+            for (long c = g * per_group; c < (g + 1) * per_group; c++) {
+                float factor = scale ? 1.0f + scale[n * C + c] : 1.0f;
+                float gain = (weight ? weight[c] : 1.0f) * factor;
+                float offset = (bias ? bias[c] : 0.0f) * factor + (shift ? shift[n * C + c] : 0.0f);
+                a[n * C + c] = rstd * gain; /* y = a x + b */
+                b[n * C + c] = offset - (float)mean * rstd * gain;
+            }
+        }
+    }
+    scale_shift_act_bf16(x1, c1, a, b, C, y, C, samples, rows, silu);
+    if (c2 > 0) scale_shift_act_bf16(x2, c2, a + c1, b + c1, C, y + c1, C, samples, rows, silu);
+    free(work);
+    return 0;
 }
