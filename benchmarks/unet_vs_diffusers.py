@@ -18,6 +18,7 @@ Writes benchmarks/results/unet_vs_diffusers.json (``--ablation``: ..._ablation.j
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import statistics
 import sys
@@ -76,6 +77,8 @@ def ablation(config: UNetConfig, batch: int, rounds: int) -> list[dict[str, Any]
     """Each way to a faster forward on its own, interleaved in one process (img/s, best round).
     The allocator goes last: tuning it cannot be undone in-process, so it is one before/after pair."""
     import stages.group_norm as group_norm
+    from stages import native
+    from stages.fused import unfused
 
     model = ours(config)
     variants = {mode: model.forward(batch, mode) for mode in
@@ -84,12 +87,29 @@ def ablation(config: UNetConfig, batch: int, rounds: int) -> list[dict[str, Any]
     chosen = variants["bf16-weights channels-last"]
     variants["  ... under no_grad, not inference_mode"] = model.forward(batch, "bf16-weights channels-last", torch.no_grad)
 
-    def without_small_map_fix() -> None:
-        group_norm._SMALL_CHANNELS_LAST = 0
-        chosen()
-        group_norm._SMALL_CHANNELS_LAST = 1024
+    def without_kernels() -> None:
+        os.environ["CASCADE_NATIVE"] = "0"
+        native.library.cache_clear()
+        try:
+            chosen()
+        finally:
+            del os.environ["CASCADE_NATIVE"]
+            native.library.cache_clear()
 
-    variants["  ... without the small-map GroupNorm route"] = without_small_map_fix
+    def without_kernels_or_small_map_route() -> None:
+        group_norm._SMALL_CHANNELS_LAST = 0
+        try:
+            without_kernels()
+        finally:
+            group_norm._SMALL_CHANNELS_LAST = 1024
+
+    def without_fused_adds() -> None:
+        with unfused():
+            chosen()
+
+    variants["  ... without our C kernels (GroupNorm, SiLU)"] = without_kernels
+    variants["  ... without them or the small-map GroupNorm route"] = without_kernels_or_small_map_route
+    variants["  ... without fused residual adds and concatenations"] = without_fused_adds
     wide = ours(replace(config, attention_levels=(False,) + (True,) * (len(config.channel_mults) - 1)))
     variants["  ... with self-attention at 32 px too"] = wide.forward(batch, "bf16-weights channels-last")
     net = model.module_for("bf16-weights channels-last")

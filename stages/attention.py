@@ -39,7 +39,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
 class SpatialAttention(nn.Module):
     """x [N, C, H, W] attends to its own H*W positions and to ``context`` [N, L, D_ctx] -> [N, C, H, W].
 
-    One fused QKV projection, one ``scaled_dot_product_attention`` call over [positions; context];
+    One fused QKV projection, one attention call (:func:`attend`) over [positions; context], the
+    output projection and the residual add in one op where possible (:func:`~stages.fused.linear_add`);
     the output projection starts at zero, so the block starts as the identity.
     """
 

@@ -21,7 +21,8 @@ class ResBlock(nn.Module):
     """GroupNorm-SiLU-conv twice, with the conditioning embedding as a scale and shift of the second
     norm ("adaptive group norm": Nichol & Dhariwal 2021, section 3; Dhariwal & Nichol 2021, eq. in 4).
 
-    x [N, C_in, H, W], emb [N, E] -> [N, C_out, H, W].
+    x [N, C_in, H, W], emb [N, E] -> [N, C_out, H, W]; or x [N, C_x, H, W] and extra
+    [N, C_in - C_x, H, W], read as their concatenation along channels (see :meth:`forward`).
     """
 
     def __init__(self, in_channels: int, out_channels: int, embed_dim: int, dropout: float = 0.0) -> None:

@@ -18,6 +18,7 @@ run the plain layer and add.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import os
 from collections.abc import Iterator
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 _DTYPES = (torch.float32, torch.bfloat16)
-_switched_off = 0  # depth of nested :func:`unfused` blocks
+_switched_off: contextvars.ContextVar[bool] = contextvars.ContextVar("cascade_unfused", default=False)
 
 
 @functools.lru_cache(maxsize=1)
@@ -40,28 +41,40 @@ def fusion_available() -> bool:
     return all(hasattr(torch.ops.mkldnn, op) for op in ("_convolution_pointwise_", "_linear_pointwise"))
 
 
+@functools.lru_cache(maxsize=1)
+def _bf16_supported() -> bool:
+    """oneDNN's own check that this CPU runs bf16 (the fused ops skip the one ``F.conv2d`` makes)."""
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(check()) if check is not None else False
+
+
 @contextlib.contextmanager
 def unfused() -> Iterator[None]:
-    """Plain layers and adds inside this block (FLOP counters see only the plain ops)."""
-    global _switched_off
-    _switched_off += 1
+    """Plain layers and adds inside this block, in this thread or task (FLOP counters see only the plain ops)."""
+    token = _switched_off.set(True)
     try:
         yield
     finally:
-        _switched_off -= 1
+        _switched_off.reset(token)
 
 
 def _fusable(*tensors: torch.Tensor) -> bool:
-    """Whether ``tensors`` (input, weight, residual, ...) can go through a fused oneDNN op unchanged."""
+    """Whether ``tensors`` (input, weight, residual, ...) can go through a fused oneDNN op unchanged:
+    CPU tensors of one dtype, no autograd (the ops have no backward), no autocast to another dtype,
+    not while ``torch.compile`` traces, and oneDNN enabled."""
     first = tensors[0]
+    autocast = torch.is_autocast_enabled("cpu")
     return (
         first.device.type == "cpu"
         and first.dtype in _DTYPES
         and all(t.device == first.device and t.dtype == first.dtype for t in tensors)
         and not torch.is_grad_enabled()
-        and not torch.is_autocast_enabled("cpu")
-        and not _switched_off
+        and not (autocast and torch.get_autocast_dtype("cpu") != first.dtype)
+        and not torch.compiler.is_compiling()
+        and not _switched_off.get()
+        and torch.backends.mkldnn.enabled
         and fusion_available()
+        and (first.dtype != torch.bfloat16 or _bf16_supported())
     )
 
 

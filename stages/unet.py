@@ -298,6 +298,8 @@ class UNet(nn.Module):
             h = self._run(module, h, state)
         for module in self.up:
             h = self._run(module, h, state, skips.pop() if isinstance(module, Unit) else None)
+        # the head's GroupNorm and SiLU in one pass where our kernels run (the Sequential's own call, and
+        # so hooks on it, are bypassed; its parameters are the same)
         norm, _, conv = self.output  # GroupNorm, SiLU, conv
         out = conv(group_norm_silu(norm, h))  # [B*F, C_out, H, W]
         return out.reshape(batch, frames, *out.shape[1:]) if video else out

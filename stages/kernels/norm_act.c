@@ -62,9 +62,9 @@ static inline float fast_exp(float x) {
 
 /* sum[n * stride + c] = sum over rows of x[n][row][c], sum_sq likewise of x^2 (float32), for x of
  * channels channels a row. Returns 0, or -1 if out of memory. */
-static int channel_sums_bf16(const uint16_t *x, long samples, long rows, long channels, float *sum, float *sum_sq,
-                             long stride) {
-    const long C = channels, size = samples * channels, total = samples * rows;
+static int channel_sums_bf16(const uint16_t *x, int64_t samples, int64_t rows, int64_t channels, float *sum, float *sum_sq,
+                             int64_t stride) {
+    const int64_t C = channels, size = samples * channels, total = samples * rows;
     const int threads = omp_get_max_threads();
     float *partial = calloc((size_t)(2 * size * threads), sizeof(float)); /* each thread's own sums */
     if (!partial) return -1;
@@ -72,17 +72,17 @@ static int channel_sums_bf16(const uint16_t *x, long samples, long rows, long ch
     {
         float *s_all = partial + 2 * size * omp_get_thread_num(), *q_all = s_all + size;
 #pragma omp for schedule(static)
-        for (long r = 0; r < total; r++) {
+        for (int64_t r = 0; r < total; r++) {
             const uint16_t *row = x + r * C;
             float *s = s_all + (r / rows) * C, *q = q_all + (r / rows) * C;
-            for (long c = 0; c < C; c++) {
+            for (int64_t c = 0; c < C; c++) {
                 float v = bf16_to_float(row[c]);
                 s[c] += v;
                 q[c] += v * v;
             }
         }
     }
-    for (long k = 0; k < size; k++) {
+    for (int64_t k = 0; k < size; k++) {
         float s = 0.0f, q = 0.0f;
         for (int i = 0; i < threads; i++) {
             s += partial[2 * size * i + k];
@@ -98,24 +98,24 @@ static int channel_sums_bf16(const uint16_t *x, long samples, long rows, long ch
 /* ---------------------------------------------------------------- x * scale + shift, then SiLU */
 
 static void silu_row(const uint16_t *restrict in, const float *restrict a, const float *restrict b,
-                     uint16_t *restrict out, long channels) {
-    for (long c = 0; c < channels; c++) {
+                     uint16_t *restrict out, int64_t channels) {
+    for (int64_t c = 0; c < channels; c++) {
         float v = bf16_to_float(in[c]) * a[c] + b[c];
         out[c] = float_to_bf16(v / (1.0f + fast_exp(-v)));
     }
 }
 
 static void affine_row(const uint16_t *restrict in, const float *restrict a, const float *restrict b,
-                       uint16_t *restrict out, long channels) {
-    for (long c = 0; c < channels; c++) out[c] = float_to_bf16(bf16_to_float(in[c]) * a[c] + b[c]);
+                       uint16_t *restrict out, int64_t channels) {
+    for (int64_t c = 0; c < channels; c++) out[c] = float_to_bf16(bf16_to_float(in[c]) * a[c] + b[c]);
 }
 
 /* y[n][row][c] = act(x[n][row][c] * a[n * stride + c] + b[n * stride + c]) for c < channels, act SiLU
  * when silu != 0, else identity; x's rows hold channels values, y's rows y_row (y may be a column
  * offset into wider rows). y must not overlap x. */
-static void scale_shift_act_bf16(const uint16_t *x, long channels, const float *a, const float *b, long stride,
-                                 uint16_t *y, long y_row, long samples, long rows, int silu) {
-    const long total = samples * rows;
+static void scale_shift_act_bf16(const uint16_t *x, int64_t channels, const float *a, const float *b, int64_t stride,
+                                 uint16_t *y, int64_t y_row, int64_t samples, int64_t rows, int silu) {
+    const int64_t total = samples * rows;
 #pragma omp parallel
     {
 #if defined(__x86_64__) || defined(__i386__)
@@ -126,8 +126,8 @@ static void scale_shift_act_bf16(const uint16_t *x, long channels, const float *
         _mm_setcsr(mode | 0x8040); /* FTZ | DAZ */
 #endif
 #pragma omp for schedule(static)
-        for (long r = 0; r < total; r++) {
-            const long n = r / rows;
+        for (int64_t r = 0; r < total; r++) {
+            const int64_t n = r / rows;
             (silu ? silu_row : affine_row)(x + r * channels, a + n * stride, b + n * stride, y + r * y_row, channels);
         }
 #if defined(__x86_64__) || defined(__i386__)
@@ -144,10 +144,10 @@ static void scale_shift_act_bf16(const uint16_t *x, long channels, const float *
  * rstd per sample n and group of (c1 + c2) / groups channels, act SiLU when silu != 0. weight and
  * bias [c1 + c2] may be NULL (1 and 0), scale and shift [samples][c1 + c2] too (0 and 0). y must
  * not overlap the inputs. Returns 0, or -1 if out of memory. */
-int group_norm_act_bf16(const uint16_t *x1, long c1, const uint16_t *x2, long c2, long samples, long rows, long groups,
+int group_norm_act_bf16(const uint16_t *x1, int64_t c1, const uint16_t *x2, int64_t c2, int64_t samples, int64_t rows, int64_t groups,
                         float eps, const float *weight, const float *bias, const float *scale, const float *shift,
                         int silu, uint16_t *y) {
-    const long C = c1 + c2, per_group = C / groups, size = samples * C;
+    const int64_t C = c1 + c2, per_group = C / groups, size = samples * C;
     float *work = malloc((size_t)(4 * size) * sizeof(float));
     if (!work) return -1;
     float *sum = work, *sum_sq = work + size, *a = work + 2 * size, *b = work + 3 * size;
@@ -157,16 +157,16 @@ int group_norm_act_bf16(const uint16_t *x1, long c1, const uint16_t *x2, long c2
         return -1;
     }
     const double count = (double)per_group * (double)rows;
-    for (long n = 0; n < samples; n++) {
-        for (long g = 0; g < groups; g++) {
+    for (int64_t n = 0; n < samples; n++) {
+        for (int64_t g = 0; g < groups; g++) {
             double s = 0.0, q = 0.0;
-            for (long c = g * per_group; c < (g + 1) * per_group; c++) {
+            for (int64_t c = g * per_group; c < (g + 1) * per_group; c++) {
                 s += sum[n * C + c];
                 q += sum_sq[n * C + c];
             }
             double mean = s / count, var = q / count - mean * mean;
             float rstd = (float)(1.0 / __builtin_sqrt((var > 0.0 ? var : 0.0) + eps));
-            for (long c = g * per_group; c < (g + 1) * per_group; c++) {
+            for (int64_t c = g * per_group; c < (g + 1) * per_group; c++) {
                 float factor = scale ? 1.0f + scale[n * C + c] : 1.0f;
                 float gain = (weight ? weight[c] : 1.0f) * factor;
                 float offset = (bias ? bias[c] : 0.0f) * factor + (shift ? shift[n * C + c] : 0.0f);
