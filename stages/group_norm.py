@@ -32,7 +32,7 @@ from torch.autograd.function import once_differentiable
 
 from stages import native
 
-# Channels-last maps with fewer positions than this are normalised in NCHW order.
+# Channels-last maps with fewer positions than this take the small-map routes ("sums", "nchw").
 _SMALL_CHANNELS_LAST = 1024
 
 
