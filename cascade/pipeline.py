@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from cascade.cascade_config import CascadeConfig, load_cascade_config, resolve_encoder_spec
-from cascade.device import checked_device
+from cascade.device import checked_device, prepare_for_inference
 from cascade.errors import UserError
 from cascade.release import load_stage
 from cascade.sampling import get_sampler, sample
@@ -96,9 +96,11 @@ class Cascade:
         for stage, reads in [*((stage, encoder) for stage in stages), (video_stage, video_encoder or encoder)]:
             if stage is not None and (stage.config.unet.text_dim or stage.config.unet.pooled_dim):
                 check_text_dims(stage, reads)  # a stage that reads text reads this encoder's widths
-        for module in [*stages, video_stage, prior]:
-            if module is not None:
-                module.to(device)
+        for stage in [*stages, video_stage]:
+            if stage is not None:  # bf16 weights where the device runs bf16 fast, channels-last
+                prepare_for_inference(stage, device)
+        if prior is not None:
+            prior.to(device)
         return cls(folder, config, encoder, stages, video_stage, prior, device, video_encoder)
 
     # ------------------------------------------------------------------ settings

@@ -17,6 +17,7 @@ from torch.utils.checkpoint import checkpoint
 
 from stages.attention import SpatialAttention
 from stages.blocks import Downsample, ResBlock, Upsample, zero_module
+from stages.fused import Conv2d
 from stages.group_norm import group_norm, group_norm_silu
 from stages.conditioning import Conditioning
 from stages.embeddings import NullableProjection, TimeEmbedding, sinusoidal_embedding
@@ -168,7 +169,7 @@ class UNet(nn.Module):
         if c.temporal and c.temporal_frame_position:
             self.temporal_frame_embed = zero_module(nn.Linear(c.base_channels, c.embed_dim))
 
-        self.input_conv = nn.Conv2d(c.input_channels, widths[0], 3, padding=1)
+        self.input_conv = Conv2d(c.input_channels, widths[0], 3, padding=1)
         self.down = nn.ModuleList()
         skip_channels = [widths[0]]
         channels = widths[0]
@@ -188,7 +189,7 @@ class UNet(nn.Module):
                 channels = widths[level]
             if level > 0:
                 self.up.append(Upsample(channels, channels))
-        self.output = nn.Sequential(group_norm(channels), nn.SiLU(), zero_module(nn.Conv2d(channels, c.out_channels, 3, padding=1)))
+        self.output = nn.Sequential(group_norm(channels), nn.SiLU(), zero_module(Conv2d(channels, c.out_channels, 3, padding=1)))
 
     # ------------------------------------------------------------------ conditioning
 

@@ -359,3 +359,27 @@ def test_kernel_route_at_batch_one() -> None:
         out = modulated_group_norm(x, norm, scale, shift, silu=True)
     expected = F.silu(F.group_norm(x.double(), 32, None, None, 1e-6) * (1 + scale.double()[:, :, None, None]))
     torch.testing.assert_close(out.double(), expected, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_conv2d_with_packed_weights_is_nn_conv2d(dtype: torch.dtype) -> None:
+    """fused.Conv2d packs its weights once per input shape: the same results as nn.Conv2d at several
+    batch sizes and strides, a fresh packing after the weights change in place, and copies still work."""
+    import copy
+
+    g = seeded(21)
+    for stride in (1, 2):
+        ours = fused.Conv2d(24, 16, 3, stride=stride, padding=1)
+        plain = nn.Conv2d(24, 16, 3, stride=stride, padding=1)
+        plain.load_state_dict(ours.state_dict())
+        ours, plain = ours.to(dtype).to(memory_format=CL).eval(), plain.to(dtype).to(memory_format=CL).eval()
+        tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-2, atol=2e-2)
+        with torch.inference_mode():
+            for batch in (1, 2, 5, 2):
+                x = torch.randn(batch, 24, 12, 12, generator=g).to(dtype).contiguous(memory_format=CL)
+                torch.testing.assert_close(ours(x), plain(x), **tol)
+        with torch.no_grad():  # in place, as load_state_dict does: the packing must follow
+            ours.weight.mul_(-2.0)
+            plain.weight.mul_(-2.0)
+            torch.testing.assert_close(ours(x), plain(x), **tol)
+            torch.testing.assert_close(copy.deepcopy(ours)(x), plain(x), **tol)
