@@ -84,47 +84,43 @@ class _ScaledNorm(torch.autograd.Function):
     gain and shift [N, C] or [1, C] float32 (per sample, or the norm's own affine parameters).
 
     Forward: PyTorch's kernel for xhat (fast on channels-last in the forward, float32 statistics),
-    then one ``addcmul``. Backward, with sums over the positions of each channel (s1 = sum dy,
-    s2 = sum dy * xhat, per sample and channel) and over each group's channels and positions
-    (count m): d shift = s1, d gain = s2, and
-    dx = rstd * (gain dy - sum_g(gain s1) / m - xhat sum_g(gain s2) / m), one fused expression.
-    The sums run over the rows of the [N, H*W, C] view of the memory, so nothing is transposed.
+    then one ``addcmul``. Backward, in float32 over the rows of the [N, H*W, C] view of the memory
+    (nothing transposed), from the saved x, with sums over the positions of each channel
+    (s1 = sum dy, s2 = sum dy * xhat, per sample and channel) and over each group's channels and
+    positions (count m): d shift = s1, d gain = s2, and
+    dx = rstd * (gain dy - sum_g(gain s1) / m - xhat sum_g(gain s2) / m).
     """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, num_groups: int, eps: float, gain: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
         ones = torch.ones(c, dtype=torch.float32, device=x.device)  # float32 parameters: float32 mean and rstd
-        xhat, _, rstd = torch.native_group_norm(x, ones, None, n, c, h * w, num_groups, eps)
-        ctx.save_for_backward(xhat, rstd, gain)
+        xhat, mean, rstd = torch.native_group_norm(x, ones, None, n, c, h * w, num_groups, eps)
+        ctx.save_for_backward(x, mean, rstd, gain)
         ctx.num_groups, ctx.shift_rows = num_groups, shift.shape[0]
         return torch.addcmul(shift.to(x.dtype)[:, :, None, None], xhat, gain.to(x.dtype)[:, :, None, None])
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy: torch.Tensor) -> tuple[torch.Tensor, None, None, torch.Tensor, torch.Tensor]:
-        xhat, rstd, gain = ctx.saved_tensors  # [N, C, H, W] channels-last, [N, G] float32, [N|1, C] float32
-        n, c, h, w = xhat.shape
-        groups = ctx.num_groups
-        dy = dy.contiguous(memory_format=torch.channels_last)
-        dy_rows = dy.permute(0, 2, 3, 1).reshape(n, h * w, c)  # views of the memory, [N, HW, C]
-        xhat_rows = xhat.permute(0, 2, 3, 1).reshape(n, h * w, c)
-        # float32 products and sums (bf16 products put errors of ~1e-2 relative in the weights' gradients)
-        dy_rows, xhat_rows = dy_rows.float(), xhat_rows.float()
+        x, mean, rstd, gain = ctx.saved_tensors  # [N, C, H, W] channels-last, [N, G] float32 twice, [N|1, C] float32
+        n, c, h, w = x.shape
+        groups, count = ctx.num_groups, (c // ctx.num_groups) * h * w
+        mean, rstd = _per_channel(mean, c), _per_channel(rstd, c)  # [N, C] each
         with torch.autocast(dy.device.type, enabled=False):
+            # float32 throughout (products of bf16 values rounded to bf16 put errors of ~5% into the
+            # weights' gradients); xhat = (x - mean) rstd is never built: sums and dx are written in x.
+            dy_rows = dy.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(n, h * w, c).float()
+            x_rows = x.permute(0, 2, 3, 1).reshape(n, h * w, c).float()  # [N, HW, C]
             s1 = dy_rows.sum(1)  # [N, C]
-            s2 = torch.linalg.vecdot(dy_rows, xhat_rows, dim=1)
-        count = (c // groups) * h * w
-
-        mean1 = _per_channel((gain * s1).view(n, groups, -1).sum(2) / count, c)  # [N, C]
-        mean2 = _per_channel((gain * s2).view(n, groups, -1).sum(2) / count, c)
-        rstd = _per_channel(rstd, c)
-
-        def as_map(v: torch.Tensor) -> torch.Tensor:  # [N, C] float32 -> [N, C, 1, 1] in xhat's dtype
-            return v[:, :, None, None].to(xhat.dtype)
-
-        dx = torch.addcmul(as_map(-rstd * mean1), xhat, as_map(-rstd * mean2))
-        dx.addcmul_(dy, as_map(rstd * gain))
+            s2 = rstd * (torch.linalg.vecdot(dy_rows, x_rows, dim=1) - mean * s1)  # sum dy * xhat
+            mean1 = _per_channel((gain * s1).view(n, groups, -1).sum(2) / count, c)  # [N, C]
+            mean2 = _per_channel((gain * s2).view(n, groups, -1).sum(2) / count, c)
+            # dx = rstd (gain dy - mean1 - xhat mean2) = a dy + b x + d
+            a, b = rstd * gain, -rstd * rstd * mean2
+            d = -rstd * mean1 - b * mean
+            dx = torch.addcmul(d[:, None, :], dy_rows, a[:, None, :]).addcmul_(x_rows, b[:, None, :])  # [N, HW, C]
+        dx = dx.to(x.dtype).view(n, h, w, c).permute(0, 3, 1, 2)  # channels-last
         dshift = s1 if ctx.shift_rows == n else s1.sum(0, keepdim=True)
         dgain = s2 if gain.shape[0] == n else s2.sum(0, keepdim=True)
         return dx, None, None, dgain, dshift

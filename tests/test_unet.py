@@ -242,22 +242,29 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", [(3, 64, 8, 8), (2, 96, 16, 16), (2, 64, 32, 32)])
 def test_group_norm_channels_last_matches_the_reference(shape: tuple[int, ...], dtype: torch.dtype) -> None:
-    """Small channels-last maps take the NCHW route; values, gradients and memory format as nn.GroupNorm."""
+    """Channels-last maps (small ones through NCHW, 32x32 through the transpose-free backward): values,
+    gradients and memory format as nn.GroupNorm; in bf16 the weights' gradient is checked against the
+    float64 one (two bf16 computations of a sum of 2,048 products can differ by more than either errs)."""
     norm = perturbed(GroupNorm(32, shape[1], eps=1e-6)).to(dtype)
     reference = nn.GroupNorm(32, shape[1], eps=1e-6).to(dtype)
     reference.load_state_dict(norm.state_dict())
-    x = (torch.randn(shape) * 3 + 1).to(dtype)
+    exact = nn.GroupNorm(32, shape[1], eps=1e-6).double()
+    exact.load_state_dict({k: v.double() for k, v in norm.state_dict().items()})
+    x = (torch.randn(shape, generator=torch.Generator().manual_seed(3)) * 3 + 1).to(dtype)
     x_cl = to_channels_last(x).requires_grad_()
     x_ref = x.clone().requires_grad_()
     y, y_ref = norm(x_cl), reference(x_ref)
     assert y.is_contiguous(memory_format=torch.channels_last)
     tol = dict(rtol=2e-2, atol=2e-2) if dtype == torch.bfloat16 else dict(rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(y, y_ref, **tol)
-    w = torch.randn(shape).to(dtype)
+    w = torch.randn(shape, generator=torch.Generator().manual_seed(4)).to(dtype)
     (y * w).sum().backward()
     (y_ref * w).sum().backward()
+    (exact(x.double()) * w.double()).sum().backward()
     torch.testing.assert_close(x_cl.grad, x_ref.grad, **tol)
-    torch.testing.assert_close(norm.weight.grad, reference.weight.grad, **{**tol, "atol": tol["atol"] * 10})
+    torch.testing.assert_close(norm.weight.grad.double(), exact.weight.grad, **{**tol, "atol": tol["atol"] * 25})
+    ours, theirs = (norm.weight.grad.double() - exact.weight.grad).abs().max(), (reference.weight.grad.double() - exact.weight.grad).abs().max()
+    assert ours <= 1.5 * theirs + 1e-4  # no worse than PyTorch's own bf16 GroupNorm
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
