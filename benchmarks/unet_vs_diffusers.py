@@ -18,7 +18,6 @@ Writes benchmarks/results/unet_vs_diffusers.json (``--ablation``: ..._ablation.j
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import statistics
 import sys
@@ -88,13 +87,8 @@ def ablation(config: UNetConfig, batch: int, rounds: int) -> list[dict[str, Any]
     variants["  ... under no_grad, not inference_mode"] = model.forward(batch, "bf16-weights channels-last", torch.no_grad)
 
     def without_kernels() -> None:
-        os.environ["CASCADE_NATIVE"] = "0"
-        native.library.cache_clear()
-        try:
+        with native.unused():
             chosen()
-        finally:
-            del os.environ["CASCADE_NATIVE"]
-            native.library.cache_clear()
 
     def without_kernels_or_small_map_route() -> None:
         group_norm._SMALL_CHANNELS_LAST = 0
