@@ -17,6 +17,7 @@ from torch.utils.checkpoint import checkpoint
 
 from stages.attention import SpatialAttention
 from stages.blocks import Downsample, ResBlock, Upsample, zero_module
+from stages.modulations import Modulation, modulations
 from stages.fused import Conv2d
 from stages.group_norm import group_norm, group_norm_silu
 from stages.conditioning import Conditioning
@@ -103,6 +104,7 @@ class _State:
     context_mask: torch.Tensor | None  # [N, L]
     frames: int
     video_mask: torch.Tensor | None  # [B]
+    modulations: dict[ResBlock, Modulation] | None = None  # every block's (scale, shift), in inference
 
 
 class Unit(nn.Module):
@@ -122,7 +124,7 @@ class Unit(nn.Module):
 
     def forward(self, x: torch.Tensor, state: _State, skip: torch.Tensor | None = None) -> torch.Tensor:
         """x [N, C, H, W]; ``skip``: the U-Net's skip connection, concatenated to x along channels."""
-        x = self.res(x, state.emb, skip)
+        x = self.res(x, state.emb, skip, state.modulations[self.res] if state.modulations else None)
         video = state.frames > 1
         if self.temporal_conv is not None and video:
             x = self.temporal_conv(x, state.frames, state.video_mask)
@@ -263,6 +265,9 @@ class UNet(nn.Module):
 
     # ------------------------------------------------------------------ forward
 
+    def _res_blocks(self) -> list[ResBlock]:
+        return [unit.res for unit in [*self.down, *self.middle, *self.up] if isinstance(unit, Unit)]
+
     def _run(self, module: nn.Module, x: torch.Tensor, state: _State, skip: torch.Tensor | None = None) -> torch.Tensor:
         if isinstance(module, Unit):
             if self.config.gradient_checkpointing and self.training and torch.is_grad_enabled():
@@ -289,6 +294,7 @@ class UNet(nn.Module):
         layout = torch.channels_last if self.channels_last_activations else torch.contiguous_format
         h = h.to(dtype=dtype, memory_format=layout)
         state = self._embed(t, cond, frames, dtype)
+        state.modulations = modulations(self, self._res_blocks(), state.emb)
 
         h = self.input_conv(h)
         skips = [h]
