@@ -30,6 +30,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
+
+from stages.fused import tensor_key
 
 SOURCE = Path(__file__).with_name("kernels") / "norm_act.c"
 # -fno-trapping-math lets the compiler vectorise exp's clamps; -fno-math-errno keeps sqrt inline.
@@ -108,6 +111,23 @@ def _float_pointer(t: torch.Tensor | None, shape: tuple[int, ...], keep: list) -
     return t.data_ptr()
 
 
+# A norm's weight or bias as float32 [C], per parameter: (key, float32 copy); weak keys by identity.
+_float_parameters: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def _parameter_pointer(t: torch.Tensor | None, channels: int, keep: list) -> int | None:
+    """:func:`_float_pointer` for a norm's weight or bias [C], converted once while it stays the same."""
+    if t is None or t.ndim != 1 or t.shape[0] != channels:
+        return _float_pointer(t, (channels,), keep)
+    key = tensor_key(t)
+    cached = _float_parameters.get(t)
+    if cached is None or cached[0] != key:
+        cached = (key, t.detach().float().contiguous())
+        _float_parameters[t] = cached
+    keep.append(cached[1])
+    return cached[1].data_ptr()
+
+
 def usable(*tensors: torch.Tensor) -> bool:
     """Whether the kernels take ``tensors``: bf16 channels-last CPU activations [N, C, H, W] of one N, H
     and W, outside autograd (the kernels have no backward) and outside ``torch.compile``'s tracing,
@@ -138,7 +158,7 @@ def group_norm_act(x: torch.Tensor, groups: int, eps: float, weight: torch.Tenso
     if channels % groups:
         raise ValueError(f"{channels} channels do not split into {groups} groups")
     keep: list[torch.Tensor] = []
-    pointers = [_float_pointer(weight, (channels,), keep), _float_pointer(bias, (channels,), keep),
+    pointers = [_parameter_pointer(weight, channels, keep), _parameter_pointer(bias, channels, keep),
                 _float_pointer(scale, (n, channels), keep), _float_pointer(shift, (n, channels), keep)]
     out = torch.empty(n, channels, h, w, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
     status = library().group_norm_act_bf16(
