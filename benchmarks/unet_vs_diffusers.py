@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -75,9 +76,13 @@ def pick_modes(models: list[Model], batch: int, rounds: int, peak: list[float], 
 def ablation(config: UNetConfig, batch: int, rounds: int) -> list[dict[str, Any]]:
     """Each way to a faster forward on its own, interleaved in one process (img/s, best round).
     The allocator goes last: tuning it cannot be undone in-process, so it is one before/after pair."""
+    import stages.blocks as blocks
     import stages.group_norm as group_norm
+    import stages.unet as unet
     from stages import native
     from stages.fused import unfused
+    from stages.modulations import modulations
+    from stages.upsample_conv import upsample_conv
 
     model = ours(config)
     variants = {mode: model.forward(batch, mode) for mode in
@@ -101,9 +106,25 @@ def ablation(config: UNetConfig, batch: int, rounds: int) -> list[dict[str, Any]
         with unfused():
             chosen()
 
+    def without_upsampling_by_phases() -> None:  # the plain nearest upsampling and 3x3 convolution
+        blocks.upsample_conv = lambda conv, x: conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        try:
+            chosen()
+        finally:
+            blocks.upsample_conv = upsample_conv
+
+    def without_stacked_modulations() -> None:  # each residual block's own scale-and-shift product
+        unet.modulations = lambda *args: None
+        try:
+            chosen()
+        finally:
+            unet.modulations = modulations
+
     variants["  ... without our C kernels (GroupNorm, SiLU)"] = without_kernels
     variants["  ... without them or the small-map GroupNorm route"] = without_kernels_or_small_map_route
-    variants["  ... without fused residual adds and concatenations"] = without_fused_adds
+    variants["  ... without fused adds, concatenations and upsampling"] = without_fused_adds
+    variants["  ... without the upsampling as one low-res convolution"] = without_upsampling_by_phases
+    variants["  ... without the stacked modulation product"] = without_stacked_modulations
     wide = ours(replace(config, attention_levels=(False,) + (True,) * (len(config.channel_mults) - 1)))
     variants["  ... with self-attention at 32 px too"] = wide.forward(batch, "bf16-weights channels-last")
     net = model.module_for("bf16-weights channels-last")

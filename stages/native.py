@@ -5,7 +5,9 @@ In PyTorch these are three passes over the activation, and the SiLU is bound by 
 ``exp`` (0.26 ns an element here, 60% of what a 64-channel 3x3 convolution takes per output
 element): together 28% of a 64 px base forward at batch 16 on the 2-core CPU. The C file does them
 in two passes (per-channel sums for the statistics; then normalise, scale, shift and SiLU with an
-``exp`` accurate to 3e-6, ample for bf16's 8 bits), vectorised by the compiler.
+``exp`` accurate to 3e-6, ample for bf16's 8 bits), vectorised by the compiler, a chunk of samples
+at a time so that the second pass reads from the core's cache what the first just read (the norms
+of a batch-16 forward: 55 -> 46 ms, the forward 197 -> 189 ms).
 
 The library is compiled with the system's C compiler (``cc -O3 -march=native``) into
 ``$XDG_CACHE_HOME/cascade/kernels`` (default ``~/.cache/cascade/kernels``), named by a hash of
