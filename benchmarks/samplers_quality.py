@@ -29,13 +29,13 @@ def main() -> None:
     parser.add_argument("--split", default="eval")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per batch (results do not depend on it)")
-    parser.add_argument("--dry", action="store_true", help="2 prompts, two samplers at 2 steps: checks the script runs")
+    parser.add_argument("--dry", action="store_true", help="2 prompts (and without --points two samplers at 2 steps): checks the script runs")
     parser.add_argument("--points", nargs="+", metavar="SAMPLER:STEPS",
                         help="only these settings, e.g. ddpm:250 dpmpp-2m:20 (the pair the issue's target compares); "
                              "default: the whole grid")
     parser.add_argument("--out", type=Path, default=RESULTS / "samplers_quality.json")
     args = parser.parse_args()
-    grid = DRY_GRID if args.dry else (parse_points(parser, args.points) if args.points else GRID)
+    grid = parse_points(parser, args.points) if args.points else (DRY_GRID if args.dry else GRID)
     n = 2 if args.dry else args.n
 
     from cascade.evaluation.cascade_eval import EvalRequest, accuracy_table, render_world_prompts, score_renders
@@ -74,7 +74,8 @@ def parse_points(parser: argparse.ArgumentParser, points: list[str]) -> dict[str
             parser.error(f"--points {point}: unknown sampler {sampler!r} (known: {', '.join(SAMPLERS)})")
         if not steps.isdigit() or int(steps) < 1:
             parser.error(f"--points {point}: steps must be a positive whole number, as in {sampler}:20")
-        grid[sampler] = grid.get(sampler, ()) + (int(steps),)
+        if int(steps) not in grid.get(sampler, ()):  # (a repeated point runs once)
+            grid[sampler] = grid.get(sampler, ()) + (int(steps),)
     return grid
 
 

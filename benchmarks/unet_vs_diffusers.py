@@ -122,7 +122,7 @@ def ablation(config: UNetConfig, batch: int, rounds: int) -> list[dict[str, Any]
 
     variants["  ... without our C kernels (GroupNorm, SiLU)"] = without_kernels
     variants["  ... without them or the small-map GroupNorm route"] = without_kernels_or_small_map_route
-    variants["  ... without fused adds, concatenations and upsampling"] = without_fused_adds
+    variants["  ... without fused adds/concatenations (unfused(): nor the two below)"] = without_fused_adds
     variants["  ... without the upsampling as one low-res convolution"] = without_upsampling_by_phases
     variants["  ... without the stacked modulation product"] = without_stacked_modulations
     wide = ours(replace(config, attention_levels=(False,) + (True,) * (len(config.channel_mults) - 1)))

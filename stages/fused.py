@@ -34,9 +34,20 @@ _switched_off: contextvars.ContextVar[bool] = contextvars.ContextVar("cascade_un
 
 
 @functools.lru_cache(maxsize=1)
+def _off_by_environment() -> bool:
+    return os.environ.get("CASCADE_FUSED", "1") == "0"
+
+
+def switched_off() -> bool:
+    """True inside :func:`unfused` or with ``CASCADE_FUSED=0``: every fast path of this module and of
+    those built on it (the upsampling by phases, the stacked modulations) runs its plain layers."""
+    return _switched_off.get() or _off_by_environment()
+
+
+@functools.lru_cache(maxsize=1)
 def fusion_available() -> bool:
     """True when this PyTorch has oneDNN and its pointwise-fusion ops, and ``CASCADE_FUSED`` is not 0."""
-    if os.environ.get("CASCADE_FUSED", "1") == "0":
+    if _off_by_environment():
         return False
     if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops, "mkldnn")):
         return False
@@ -64,7 +75,7 @@ def _fusable(*tensors: torch.Tensor) -> bool:
     """Whether ``tensors`` (input, weight, residual, ...) can go through a fused oneDNN op unchanged:
     CPU tensors of one dtype, no autograd (the ops have no backward), no autocast to another dtype,
     not while ``torch.compile`` traces, and oneDNN enabled."""
-    if torch.is_grad_enabled() or _switched_off.get() or torch.compiler.is_compiling() or not fusion_available():
+    if torch.is_grad_enabled() or switched_off() or torch.compiler.is_compiling() or not fusion_available():
         return False
     first = tensors[0]
     dtype, device = first.dtype, first.device
@@ -88,19 +99,43 @@ def _plain_conv(conv: nn.Conv2d, *inputs: torch.Tensor) -> bool:
     )
 
 
-def tensor_key(t: torch.Tensor) -> tuple[int, int, torch.dtype]:
-    """(address, version counter, dtype): changes when ``t`` is replaced or changed in place."""
+def tensor_key(t: torch.Tensor) -> tuple:
+    """(device, address, version counter, dtype) of a weight, the key of the caches of weights derived
+    from it (here, in :mod:`stages.upsample_conv`, :mod:`stages.modulations` and :mod:`stages.native`).
+
+    It changes when the weight is replaced (``load_state_dict`` into a new tensor, ``.to()``) or changed
+    in place through the tensor itself (``load_state_dict``, ``copy_`` and optimizer steps under
+    ``no_grad``). It does not change for in-place changes made through ``.data`` or to inference tensors
+    (they have no version counter): after such changes call :func:`clear_weight_caches`.
+    """
     try:
         version = t._version
-    except RuntimeError:  # an inference tensor: no version counter (and no in-place updates either)
+    except RuntimeError:  # an inference tensor: no version counter
         version = -1
-    return t.data_ptr(), version, t.dtype
+    return t.device, t.data_ptr(), version, t.dtype
+
+
+# Every cache of derived weights (weak keys: copies and deletions of a module need nothing from them).
+_weight_caches: list = []
+
+
+def weight_cache(cache):
+    """Register ``cache`` (a weak-keyed dict of weights derived from modules or tensors) so that
+    :func:`clear_weight_caches` empties it; returns it."""
+    _weight_caches.append(cache)
+    return cache
+
+
+def clear_weight_caches() -> None:
+    """Forget every derived weight (packed, stacked, converted): needed only after weights were changed
+    in a way :func:`tensor_key` cannot see (through ``.data``, or in place inside ``inference_mode``)."""
+    for cache in _weight_caches:
+        cache.clear()
 
 
 # Weights reordered into oneDNN's blocked layout, per convolution and part of its input channels:
-# {part: (key, packed)} for the last input shape seen (weak keys: copies and deletions of a module
-# need nothing from here).
-_packed_cache: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
+# {part: (key, packed)} for the last input shape seen.
+_packed_cache: weakref.WeakKeyDictionary[nn.Module, dict] = weight_cache(weakref.WeakKeyDictionary())
 
 
 def _packed(conv: nn.Conv2d, x: torch.Tensor, channels: slice = slice(None)) -> torch.Tensor:

@@ -17,12 +17,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from stages.blocks import ResBlock
-from stages.fused import tensor_key
+from stages.fused import switched_off, tensor_key, weight_cache
 
 Modulation = tuple[torch.Tensor, torch.Tensor]  # (scale, shift) [N, C] each
 
 # Per network: (key of every block's weights, stacked weight [sum 2C, E], stacked bias [sum 2C]).
-_stacked_cache: weakref.WeakKeyDictionary[nn.Module, tuple] = weakref.WeakKeyDictionary()
+_stacked_cache: weakref.WeakKeyDictionary[nn.Module, tuple] = weight_cache(weakref.WeakKeyDictionary())
 
 
 def _stacked(network: nn.Module, blocks: list[ResBlock]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,10 +37,17 @@ def _stacked(network: nn.Module, blocks: list[ResBlock]) -> tuple[torch.Tensor, 
     return cached[1], cached[2]
 
 
+def _plain_linear(layer: nn.Module) -> bool:
+    """An ``nn.Linear`` as built, whose call is its weight and bias alone (no hooks, not replaced)."""
+    return type(layer) is nn.Linear and not (layer._forward_hooks or layer._forward_pre_hooks)
+
+
 def modulations(network: nn.Module, blocks: list[ResBlock], emb: torch.Tensor) -> dict[ResBlock, Modulation] | None:
     """{block: (scale, shift)} for emb [N, E] and every block of ``network``, from one product; None
-    where gradients are recorded (each block then runs its own layer, see ``ResBlock.modulation``)."""
-    if torch.is_grad_enabled() or not blocks:
+    (each block then runs its own layer, see ``ResBlock.modulation``) where gradients are recorded,
+    inside ``fused.unfused()`` or with ``CASCADE_FUSED=0``, and where a block's projection is not a
+    plain ``nn.Linear`` (hooks, or a layer put in its place)."""
+    if torch.is_grad_enabled() or not blocks or switched_off() or not all(_plain_linear(b.emb) for b in blocks):
         return None
     weight, bias = _stacked(network, blocks)
     projected = F.linear(F.silu(emb), weight, bias)  # [N, sum 2C]

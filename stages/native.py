@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
-from stages.fused import tensor_key
+from stages.fused import tensor_key, weight_cache
 
 SOURCE = Path(__file__).with_name("kernels") / "norm_act.c"
 # -fno-trapping-math lets the compiler vectorise exp's clamps; -fno-math-errno keeps sqrt inline.
@@ -114,7 +114,7 @@ def _float_pointer(t: torch.Tensor | None, shape: tuple[int, ...], keep: list) -
 
 
 # A norm's weight or bias as float32 [C], per parameter: (key, float32 copy); weak keys by identity.
-_float_parameters: WeakIdKeyDictionary = WeakIdKeyDictionary()
+_float_parameters: WeakIdKeyDictionary = weight_cache(WeakIdKeyDictionary())
 
 
 def _parameter_pointer(t: torch.Tensor | None, channels: int, keep: list) -> int | None:

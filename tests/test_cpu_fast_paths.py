@@ -25,6 +25,15 @@ def seeded(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+@pytest.fixture
+def two_threads():
+    """Two threads inside the test (the kernels' chunks of samples are sized per thread)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
 # -------------------------------------------------------------------------------- fused residual adds
 
 
@@ -81,11 +90,32 @@ def test_linear_add_is_linear_plus_residual(dtype: torch.dtype) -> None:
 def test_fusion_switch_off_by_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CASCADE_FUSED", "0")
     fused.fusion_available.cache_clear()
+    fused._off_by_environment.cache_clear()
     try:
-        assert not fused.fusion_available()
+        assert not fused.fusion_available() and fused.switched_off()
     finally:
         monkeypatch.delenv("CASCADE_FUSED")
         fused.fusion_available.cache_clear()
+        fused._off_by_environment.cache_clear()
+    assert not fused.switched_off()
+    with fused.unfused():
+        assert fused.switched_off()
+
+
+def test_weight_caches_are_cleared_after_changes_they_cannot_see() -> None:
+    """A change through ``.data`` keeps the version counter: the packed weights are stale until
+    ``clear_weight_caches()`` (the documented remedy); changes through the tensor itself are seen."""
+    g = seeded(3)
+    conv = fused.Conv2d(8, 8, 3, padding=1).to(memory_format=CL).eval()
+    x = torch.randn(2, 8, 6, 6, generator=g).contiguous(memory_format=CL)
+    with torch.inference_mode():
+        conv(x)  # packs the weights
+    conv.weight.data.mul_(-1.0)
+    with torch.inference_mode():
+        if fused.fusion_available():
+            assert not torch.allclose(conv(x), F.conv2d(x, conv.weight, conv.bias, padding=1))
+        fused.clear_weight_caches()
+        torch.testing.assert_close(conv(x), F.conv2d(x, conv.weight, conv.bias, padding=1))
 
 
 # -------------------------------------------------------------------------------- GroupNorm backward
@@ -205,11 +235,11 @@ def written_norm_act(x, groups, weight, bias, scale, shift, silu: bool) -> torch
 @needs_kernels
 @pytest.mark.parametrize("silu", [False, True])
 @pytest.mark.parametrize("shape", [(3, 40, 9, 7), (2, 64, 16, 16), (5, 64, 64, 64)])
-def test_group_norm_act_is_exact_to_bf16_rounding(shape: tuple[int, ...], silu: bool) -> None:
+def test_group_norm_act_is_exact_to_bf16_rounding(shape: tuple[int, ...], silu: bool, two_threads: None) -> None:
     """The one-call kernel against float64: within half a bf16 step of the result (2^-8 relative, 8
     significant bits) plus 1e-3 relative for float32 statistics and exp's 3e-6; gains up to 60, so
     normalised values reach SiLU's tails (-100 to 100). The last shape (512 KiB a sample) goes through
-    the kernel in several chunks of samples, the last one shorter."""
+    the kernel in chunks of 2, 2 and 1 samples (on two threads)."""
     n, c = shape[:2]
     g = seeded(8)
     x = channels_last_bf16(*shape, scale=3.0, offset=-1.0)
@@ -278,6 +308,36 @@ def test_without_kernels_the_same_norm_runs_in_pytorch(monkeypatch: pytest.Monke
             monkeypatch.delenv("CASCADE_NATIVE")
             native.library.cache_clear()
     torch.testing.assert_close(fast.float(), slow.float(), rtol=2e-2, atol=2e-2)
+
+
+@needs_kernels
+def test_group_norm_act_of_two_parts_in_several_chunks(two_threads: None) -> None:
+    """x (48 channels) and extra (16) of 5 samples at 64x64 (512 KiB a sample): chunks of 2, 2 and 1."""
+    x, extra = channels_last_bf16(5, 48, 64, 64, seed=15), channels_last_bf16(5, 16, 64, 64, seed=16)
+    g = seeded(17)
+    weight, bias = 1 + torch.rand(64, generator=g), torch.randn(64, generator=g)
+    scale, shift = torch.rand(5, 64, generator=g), torch.randn(5, 64, generator=g)
+    together = torch.cat([x, extra], 1).contiguous(memory_format=CL)
+    out = native.group_norm_act(x, 16, 1e-6, weight, bias, scale, shift, silu=True, extra=extra)
+    expected = written_norm_act(together, 16, weight, bias, scale, shift, silu=True)
+    error = (out.double() - expected).abs()
+    assert bool((error <= expected.abs() * (2**-8 + 1e-3) + 1e-3).all())
+
+
+@needs_kernels
+def test_norm_parameters_converted_again_after_an_in_place_change() -> None:
+    norm = GroupNorm(4, 16, eps=1e-6)
+    x = channels_last_bf16(2, 16, 8, 8, seed=18)
+    with torch.inference_mode():
+        before = norm(x)
+    with torch.no_grad():
+        norm.weight.mul_(-2.0)
+        norm.bias.add_(1.0)
+    with torch.inference_mode():
+        after = norm(x)
+    expected = F.group_norm(x.double(), 4, norm.weight.double(), norm.bias.double(), 1e-6)
+    torch.testing.assert_close(after.double(), expected, rtol=2e-2, atol=2e-2)
+    assert not torch.allclose(before.double(), expected, rtol=2e-2, atol=2e-2)
 
 
 @needs_kernels

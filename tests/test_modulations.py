@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import stages.unet as unet_module
+from stages import fused
 from stages.blocks import ResBlock
 from stages.conditioning import Conditioning
 from stages.modulations import modulations
@@ -53,3 +54,25 @@ def test_unet_forward_is_the_same_with_and_without_the_stacked_product(monkeypat
         per_block = net(x, t, cond)
     assert stacked.abs().max() > 1e-3  # the modulations reach the output
     torch.testing.assert_close(stacked, per_block)
+
+
+def test_each_block_runs_its_own_layer_where_the_stacked_product_would_bypass_something() -> None:
+    """Inside ``unfused()``, or when a block's projection has a hook (or is another layer), the blocks
+    run their own layers, so the hook is honoured."""
+    net = tiny_unet()
+    blocks = net._res_blocks()
+    emb = torch.randn(2, net.config.embed_dim)
+    with torch.inference_mode():
+        assert modulations(net, blocks, emb) is not None
+        with fused.unfused():
+            assert modulations(net, blocks, emb) is None
+        handle = blocks[0].emb.register_forward_hook(lambda module, args, out: out * 0)
+        try:
+            assert modulations(net, blocks, emb) is None
+            x, t = torch.randn(2, 3, 16, 16), torch.tensor([10.0, 700.0])
+            cond = Conditioning(text_tokens=torch.randn(2, 5, 24), pooled=torch.randn(2, 24))
+            hooked = net(x, t, cond)
+        finally:
+            handle.remove()
+        plain = net(x, t, cond)
+    assert not torch.allclose(hooked, plain)  # the hook (zero scale and shift in block 0) took effect
