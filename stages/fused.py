@@ -146,11 +146,16 @@ def _packed(conv: nn.Conv2d, x: torch.Tensor, channels: slice = slice(None)) -> 
     key = (*tensor_key(conv.weight), tuple(x.shape))
     parts = _packed_cache.setdefault(conv, {})
     if part not in parts or parts[part][0] != key:
-        weight = conv.weight[:, channels].contiguous(memory_format=torch.channels_last)  # [C_out, C_in part, k, k]
-        packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
-            weight.to_mkldnn(), list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups, list(x.shape))
-        parts[part] = (key, packed)
+        parts[part] = (key, reordered(conv, conv.weight[:, channels], x))  # [C_out, C_in part, k, k]
     return parts[part][1]
+
+
+def reordered(conv: nn.Conv2d, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``weight`` (for conv's padding, stride, dilation and groups) in oneDNN's blocked layout for
+    inputs shaped like x: what the fused ops take without reordering it on every call."""
+    weight = weight.detach().contiguous(memory_format=torch.channels_last)
+    return torch._C._nn.mkldnn_reorder_conv2d_weight(
+        weight.to_mkldnn(), list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups, list(x.shape))
 
 
 def _weight(conv: nn.Conv2d, x: torch.Tensor, channels: slice = slice(None)) -> torch.Tensor:

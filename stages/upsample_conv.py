@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stages.fused import _convolve, _fusable, _plain_conv, tensor_key, weight_cache
+from stages.fused import _convolve, _fusable, _plain_conv, reordered, tensor_key, weight_cache
 
 # _TAPS[a, p, r] = 1 where tap p (0: the lower low-res row, 1: the upper one) of phase a takes kernel row r.
 _TAPS = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]],
@@ -61,10 +61,8 @@ def _prepared(conv: nn.Conv2d, x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     key = (tensor_key(conv.weight), None if conv.bias is None else tensor_key(conv.bias), tuple(x.shape))
     cached = _phase_cache.get(conv)
     if cached is None or cached[0] != key:
-        weight = phase_weights(conv.weight).contiguous(memory_format=torch.channels_last)
-        packed = torch._C._nn.mkldnn_reorder_conv2d_weight(weight.to_mkldnn(), [1, 1], [1, 1], [1, 1], 1, list(x.shape))
         bias = None if conv.bias is None else conv.bias.detach().repeat(4)
-        cached = (key, packed, bias)
+        cached = (key, reordered(conv, phase_weights(conv.weight), x), bias)  # (the 2x2 kernel keeps conv's padding 1)
         _phase_cache[conv] = cached
     return cached[1], cached[2]
 

@@ -89,10 +89,8 @@ static void affine_row(const uint16_t *restrict in, const float *restrict a, con
 
 /* Bytes of input a thread's share of one chunk of samples should hold, so that the normalising pass
  * reads what the statistics pass just read from the core's L2 cache (2 MiB a core here) instead of
- * from L3 or memory: 0.5 MiB of input plus as much output. */
-#ifndef CHUNK_BYTES_PER_THREAD
+ * from L3 or memory: 0.5 MiB of input plus as much output (0.25 and 1 MiB ran within noise of it). */
 #define CHUNK_BYTES_PER_THREAD (512 * 1024)
-#endif
 
 /* a[c], b[c] of y = a x + b for one sample from its channel sums (sum, sum_sq [C]) and the sample's
  * scale and shift rows (NULL: 0): mean and rstd per group of C / groups channels over count values. */
