@@ -21,6 +21,7 @@ from stages.modulations import Modulation, modulations
 from stages.fused import Conv2d
 from stages.group_norm import group_norm, group_norm_silu
 from stages.conditioning import Conditioning
+from stages.context_refiner import ContextRefiner
 from stages.embeddings import NullableProjection, TimeEmbedding, sinusoidal_embedding
 from stages.temporal import TemporalAttention, TemporalConv
 
@@ -37,7 +38,10 @@ class UNetConfig:
     ``first_frame_conditioning`` (video U-Nets): every frame of a clip also sees the clip's given
     first frame, concatenated to its input with a flag channel, as in Emu Video (Girdhar et al. 2023,
     "factorizing text-to-video generation by explicit image conditioning"): the image stage draws
-    the scene and the video stage only has to move it. Images and clips without a given frame get zeros."""
+    the scene and the video stage only has to move it. Images and clips without a given frame get zeros.
+
+    ``text_context_layers``: transformer layers over the text context, trained with the stage
+    (:class:`~stages.context_refiner.ContextRefiner`); 0 feeds the encoder's states to attention as they are."""
 
     in_channels: int = 3
     out_channels: int = 3
@@ -49,6 +53,7 @@ class UNetConfig:
     dropout: float = 0.0
     text_dim: int | None = None
     text_word_dim: int | None = None
+    text_context_layers: int = 0
     pooled_dim: int | None = None
     image_embed_dim: int | None = None
     image_tokens: int = 4
@@ -158,6 +163,11 @@ class UNet(nn.Module):
         self.text_words = None
         if c.text_dim and c.text_word_dim:
             self.text_words = nn.Sequential(nn.LayerNorm(c.text_word_dim), zero_module(nn.Linear(c.text_word_dim, c.context_dim)))
+        # A few transformer layers over the text context, trained with the stage (GLIDE's text
+        # transformer; stages/context_refiner.py): the identity at first.
+        self.text_refiner = None
+        if c.text_dim and c.text_context_layers:
+            self.text_refiner = ContextRefiner(c.context_dim, c.text_context_layers, c.head_dim)
         self.image_embed = NullableProjection(c.image_embed_dim, c.embed_dim) if c.image_embed_dim else None
         self.image_context = (
             NullableProjection(c.image_embed_dim, c.image_tokens * c.context_dim) if c.image_embed_dim else None
@@ -210,6 +220,8 @@ class UNet(nn.Module):
                     raise ValueError("this U-Net reads the text encoder's word embeddings (text_word_dim) but got none")
                 text = text + self.text_words(cond.text_words)  # [B, L, D_ctx]
             mask = cond.text_mask if cond.text_mask is not None else torch.ones(text.shape[:2], dtype=torch.bool, device=text.device)
+            if self.text_refiner is not None:
+                text = self.text_refiner(text, mask)  # [B, L, D_ctx]
             if cond.drop_text is not None:
                 null = self.text_context.null.to(text.dtype)
                 dropped = cond.drop_text[:, None]
