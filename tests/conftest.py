@@ -78,6 +78,19 @@ def tiny_cascade(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return release
 
 
+def retrained_base_cascade(tiny_cascade: Path, work: Path, stage_overrides: str, steps: int = 3) -> Path:
+    """A copy of the tiny cascade under ``work`` whose base is another base trained ``steps`` steps
+    from the tiny one (``init_from``) with ``stage_overrides`` (a YAML ``stage:`` line), then exported."""
+    release = work / "release"
+    shutil.copytree(tiny_cascade, release)
+    config = tiny_config(work / "base.yaml", "tiny-base16", tiny_cascade.parent / "shards", release / "clip",
+                         extra=f"init_from: {tiny_cascade / 'base'}\n{stage_overrides}")
+    run_command(TRAIN + ["--stage", "base", "--config", str(config), "--out", str(work / "run"), "--max-steps", str(steps)], ROOT)
+    shutil.rmtree(release / "base")
+    run_command(CASCADE + ["export", str(work / "run"), "--out", str(release / "base")], ROOT)
+    return release
+
+
 @pytest.fixture(scope="session")
 def tiny_video_cascade(tiny_cascade: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny cascade plus a 4-frame video stage trained jointly on clips and images, started from

@@ -4,13 +4,12 @@ without it: trained, exported, rendered."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import CASCADE, ROOT, TRAIN, run_command, tiny_config
+from conftest import CASCADE, ROOT, retrained_base_cascade, run_command, tiny_config
 from stages.context_refiner import ContextRefiner
 
 REFINED = "stage: {unet: {text_word_dim: 32, text_context_layers: 2}}\n"
@@ -107,14 +106,7 @@ def test_a_refining_base_trains_exports_and_renders(tiny_cascade: Path, tmp_path
 
     from cascade.release import load_stage
 
-    release = tmp_path / "release"
-    shutil.copytree(tiny_cascade, release)
-    config = tiny_config(tmp_path / "base.yaml", "tiny-base16", tiny_cascade.parent / "shards", release / "clip",
-                         extra=f"init_from: {tiny_cascade / 'base'}\n{REFINED}")
-    run_command(TRAIN + ["--stage", "base", "--config", str(config), "--out", str(tmp_path / "run"), "--max-steps", "3"], ROOT)
-    shutil.rmtree(release / "base")
-    run_command(CASCADE + ["export", str(tmp_path / "run"), "--out", str(release / "base")], ROOT)
-
+    release = retrained_base_cascade(tiny_cascade, tmp_path, REFINED)
     stage = load_stage(release / "base")
     assert stage.config.unet.text_context_layers == 2 and stage.network.text_refiner is not None
     weights = load_file(str(release / "base" / "ema.safetensors"))

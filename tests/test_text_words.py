@@ -9,21 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import CASCADE, ROOT, TRAIN, run_command, tiny_config
+from conftest import CASCADE, ROOT, TRAIN, retrained_base_cascade, run_command, tiny_config
 
 
 @pytest.fixture(scope="module")
 def words_cascade(tiny_cascade: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny cascade with its base replaced by a word-reading base trained 3 steps from it."""
-    work = tmp_path_factory.mktemp("words")
-    release = work / "release"
-    shutil.copytree(tiny_cascade, release)
-    config = tiny_config(work / "base.yaml", "tiny-base16", tiny_cascade.parent / "shards", release / "clip",
-                         extra=f"init_from: {tiny_cascade / 'base'}\nstage: {{unet: {{text_word_dim: 32}}}}\n")
-    run_command(TRAIN + ["--stage", "base", "--config", str(config), "--out", str(work / "run"), "--max-steps", "3"], ROOT)
-    shutil.rmtree(release / "base")
-    run_command(CASCADE + ["export", str(work / "run"), "--out", str(release / "base")], ROOT)
-    return release
+    return retrained_base_cascade(tiny_cascade, tmp_path_factory.mktemp("words"), "stage: {unet: {text_word_dim: 32}}\n")
 
 
 def test_init_from_a_release_without_words_is_that_release(tiny_cascade: Path, tmp_path: Path) -> None:
