@@ -72,6 +72,8 @@ class UNetConfig:
             raise ValueError("channel_mults, res_blocks and attention_levels must have one entry per level")
         if self.first_frame_conditioning and not self.temporal:
             raise ValueError("first_frame_conditioning belongs to video U-Nets (temporal)")
+        if self.text_context_layers < 0 or (self.text_context_layers and not self.text_dim):
+            raise ValueError("text_context_layers must be 0 or more and needs text tokens (text_dim)")
 
     @property
     def input_channels(self) -> int:

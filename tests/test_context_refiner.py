@@ -62,6 +62,15 @@ def test_a_refiner_needs_a_layer_and_a_fitting_head_dim() -> None:
         ContextRefiner(32, 1, head_dim=12)
 
 
+def test_a_refiner_without_text_tokens_is_refused() -> None:
+    from stages.unet import UNetConfig
+
+    with pytest.raises(ValueError, match="needs text tokens"):
+        UNetConfig(text_dim=None, text_context_layers=2)
+    with pytest.raises(ValueError, match="0 or more"):
+        UNetConfig(text_dim=32, text_context_layers=-1)
+
+
 def test_the_diffusion_loss_reaches_every_refiner_weight() -> None:
     """Through the spatial attention's context keys and values; the zero-initialised output
     projections get gradients at once, the rest as soon as those have moved."""
