@@ -168,7 +168,7 @@ class UNet(nn.Module):
         # A few transformer layers over the text context, trained with the stage (GLIDE's text
         # transformer; stages/context_refiner.py): the identity at first.
         self.text_refiner = None
-        if c.text_dim and c.text_context_layers:
+        if c.text_context_layers:  # (the config has checked that there are text tokens)
             self.text_refiner = ContextRefiner(c.context_dim, c.text_context_layers, c.head_dim)
         self.image_embed = NullableProjection(c.image_embed_dim, c.embed_dim) if c.image_embed_dim else None
         self.image_context = (
