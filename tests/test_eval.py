@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cascade.evaluation.cascade_eval import accuracy_by_kind, accuracy_table, score_renders
+from cascade.evaluation.cascade_eval import accuracy_by_kind, accuracy_table, read_renders, score_renders
+from cascade.evaluation.drawn import markdown_drawn_table, objects_drawn, reading_summary
 from cascade.evaluation.sr_fidelity import psnr, ssim
 from conftest import CASCADE, ROOT, run_command
 
@@ -28,6 +29,28 @@ def test_true_renders_score_perfectly() -> None:
     assert all(row["accuracy"] == 1.0 for kind in by_kind.values() for row in kind.values())
     assert set(by_kind) <= {"1 object", "2 objects", "3 objects", "2 groups"} and "relation" in by_kind["2 groups"]
     assert all("relation" not in table for kind, table in by_kind.items() if kind != "2 groups")
+
+
+def test_objects_drawn_counts_what_the_reader_found() -> None:
+    from data_pipeline.world import render_image, sample_scene
+
+    scenes = [sample_scene("eval", seed) for seed in range(40)]
+    readings = read_renders(np.stack([render_image(scene, 64) for scene in scenes]), video=False)
+    single = [s for s in scenes if len(s.groups) == 1]
+    drawn = objects_drawn(scenes, readings)  # true renders: every one-group scene on the diagonal
+    assert drawn == {str(c): {str(c): sum(s.groups[0].count == c for s in single)}
+                     for c in sorted({s.groups[0].count for s in single})}
+    three = next(i for i, s in enumerate(scenes) if len(s.groups) == 1 and s.groups[0].count == 3)
+    two = next(s for s in scenes if len(s.groups) == 1 and s.groups[0].count == 2)
+    pair = next(i for i, s in enumerate(scenes) if len(s.groups) == 2)
+    # asked for two, the render shows three; asked for two, it shows two single objects of two kinds
+    assert objects_drawn([two, two], [readings[three], readings[pair]]) == {"2": {"3": 1, "2": 1}}
+    table = markdown_drawn_table({"2": {"3": 1, "2": 1}})
+    assert "| asked | n | found 0 |" in table and "| 2 | 2 | 0 | 0 | 1 | 1 | 0 | 0 |" in table
+    summary = reading_summary(readings[pair])
+    assert json.loads(json.dumps(summary)) == summary and len(summary["groups"]) == 2
+    assert {(g["colour"], g["shape"]) for g in summary["groups"]} == {(g.colour, g.shape) for g in scenes[pair].groups}
+    assert summary["relation"] in ("above", "below", "left of", "right of")  # of the reader's first group to its second
 
 
 def test_psnr_and_ssim_closed_forms() -> None:
@@ -50,6 +73,9 @@ def test_eval_writes_its_report(tiny_cascade: Path, tmp_path: Path) -> None:
     assert "| attribute | accuracy | n |" in (out / "heldout.md").read_text()
     assert "| scene | n | time |" in (out / "heldout.md").read_text() and "| scene | n | time |" in result.stdout
     assert sum(kind["all"]["n"] for kind in report["accuracy_by_kind"].values()) == 6
+    assert all(set(sample["read"]) == {"time", "ground", "relation", "groups"} for sample in report["samples"])
+    one_group = sum(sample["scores"]["relation"] is None for sample in report["samples"])
+    assert sum(n for row in report["objects_drawn"].values() for n in row.values()) == one_group
     assert (out / "heldout-grid.png").is_file() and (out / "steps_curve.png").is_file()
     sr = json.loads((out / "sr_fidelity.json").read_text())
     assert [(row["from"], row["to"]) for row in sr] == [(16, 32)]

@@ -2,6 +2,8 @@
 
 - :mod:`cascade.evaluation.world_cases`: evaluation scenes, their renders and captions, and
   caption variants that differ in one attribute (for zero-shot classification);
+- :mod:`cascade.evaluation.cascade_eval` (``cascade eval``): renders world prompts and scores what
+  the world reader reads back; :mod:`cascade.evaluation.drawn` says what was drawn instead;
 - :mod:`cascade.evaluation.clip_eval`: the world CLIP: text-to-image retrieval among 100
   candidates and per-attribute zero-shot accuracy
   (``python -m cascade.evaluation.clip_eval --clip weights/shapes/clip``);

@@ -3,7 +3,9 @@
 Prompts are fully specified captions (no dropped words) of scenes ``0 .. n-1`` of a split; every
 render is read back with the world reader (:mod:`data_pipeline.world.reader`) and scored against
 the scene it was asked for. Reported: accuracy per attribute (time, ground, colour, shape, count,
-relation; motion for clips) over the scenes where it applies, and the all-correct rate.
+relation; motion for clips) over the scenes where it applies, and the all-correct rate; per sample
+what the reader saw, and for one-group scenes how many objects were drawn per count asked
+(:mod:`cascade.evaluation.drawn`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from cascade.errors import UserError
+from cascade.evaluation.drawn import markdown_drawn_table, objects_drawn, reading_summary
 from cascade.fileio import atomic_write_text
 from cascade.images import grid, save_png, save_video, to_uint8
 
@@ -112,23 +115,38 @@ def render_world_prompts(request: EvalRequest, cascade: Any | None = None) -> tu
     return scenes, captions, np.concatenate(renders), settings
 
 
-def score_renders(scenes: list[Any], renders: np.ndarray, video: bool) -> list[dict[str, bool | None]]:
-    from data_pipeline.world import read_clip, read_image, score_reading
+def read_renders(renders: np.ndarray, video: bool) -> list[Any]:
+    """The world reader's :class:`~data_pipeline.world.Reading` of each render (uint8 [N, (F,) H, W, 3])."""
+    from data_pipeline.world import read_clip, read_image
 
     read = read_clip if video else read_image
-    return [score_reading(read(render), scene) for scene, render in zip(scenes, renders)]
+    return [read(render) for render in renders]
+
+
+def score_readings(scenes: list[Any], readings: list[Any]) -> list[dict[str, bool | None]]:
+    """Per-attribute correctness of each reading against the scene it was asked for."""
+    from data_pipeline.world import score_reading
+
+    return [score_reading(reading, scene) for scene, reading in zip(scenes, readings, strict=True)]
+
+
+def score_renders(scenes: list[Any], renders: np.ndarray, video: bool) -> list[dict[str, bool | None]]:
+    """:func:`score_readings` of :func:`read_renders`."""
+    return score_readings(scenes, read_renders(renders, video))
 
 
 def evaluate_cascade(request: EvalRequest) -> dict[str, Any]:
     """Render, read back, score; write JSON, Markdown and a sample grid when ``request.out`` is set."""
     scenes, captions, renders, settings = render_world_prompts(request)
-    scores = score_renders(scenes, renders, request.video)
+    readings = read_renders(renders, request.video)
+    scores = score_readings(scenes, readings)
     table = accuracy_table(scores)
     result = {
         "split": request.split, "n": request.n, "video": request.video, "size": int(renders.shape[-2]),
         "sampler": settings.sampler, "steps": list(settings.steps), "guidance": list(settings.guidance),
         "checkpoint": str(request.checkpoint), "accuracy": table, "accuracy_by_kind": accuracy_by_kind(scenes, scores),
-        "samples": [{"caption": c, "scores": s} for c, s in zip(captions, scores)],
+        "objects_drawn": objects_drawn(scenes, readings),
+        "samples": [{"caption": c, "scores": s, "read": reading_summary(r)} for c, s, r in zip(captions, scores, readings)],
     }
     if request.out is not None:
         write_report(request.out, result, renders)
@@ -140,8 +158,10 @@ def write_report(out: Path, result: dict[str, Any], renders: np.ndarray) -> None
     name = f"{result['split']}{'-video' if result['video'] else ''}"
     atomic_write_text(out / f"{name}.json", json.dumps(result, indent=1))
     title = f"{result['split']} split, {result['n']} prompts, {result['size']} px, {result['sampler']} {result['steps']}"
-    atomic_write_text(out / f"{name}.md", markdown_table(result["accuracy"], title) + "\n"
-                      + markdown_kind_table(result["accuracy_by_kind"]))
+    markdown = markdown_table(result["accuracy"], title) + "\n" + markdown_kind_table(result["accuracy_by_kind"])
+    if result["objects_drawn"]:
+        markdown += "\n" + markdown_drawn_table(result["objects_drawn"])
+    atomic_write_text(out / f"{name}.md", markdown)
     shown = renders[:64]
     if result["video"]:
         save_video(out / f"{name}-grid.gif", np.stack([grid(list(shown[:, f]), columns=8) for f in range(shown.shape[1])]), fps=4)
