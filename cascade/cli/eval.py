@@ -60,8 +60,8 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate_cascade(request)
     print(markdown_table(result["accuracy"], f"{args.split}: {args.n} prompts at {result['size']} px"))
     print(markdown_kind_table(result["accuracy_by_kind"]))
-    if result["objects_drawn"]:
-        print(markdown_drawn_table(result["objects_drawn"]))
+    if drawn_table := markdown_drawn_table(result["objects_drawn"]):
+        print(drawn_table)
     if args.sr is not None:
         rows = sr_fidelity(cascade, args.split, min(args.n, 100), args.batch_size,
                            cascade.settings(sampler=args.sampler, steps=args.steps, guidance=args.guidance),

@@ -158,10 +158,8 @@ def write_report(out: Path, result: dict[str, Any], renders: np.ndarray) -> None
     name = f"{result['split']}{'-video' if result['video'] else ''}"
     atomic_write_text(out / f"{name}.json", json.dumps(result, indent=1))
     title = f"{result['split']} split, {result['n']} prompts, {result['size']} px, {result['sampler']} {result['steps']}"
-    markdown = markdown_table(result["accuracy"], title) + "\n" + markdown_kind_table(result["accuracy_by_kind"])
-    if result["objects_drawn"]:
-        markdown += "\n" + markdown_drawn_table(result["objects_drawn"])
-    atomic_write_text(out / f"{name}.md", markdown)
+    atomic_write_text(out / f"{name}.md", markdown_table(result["accuracy"], title) + "\n"
+                      + markdown_kind_table(result["accuracy_by_kind"]) + "\n" + markdown_drawn_table(result["objects_drawn"]))
     shown = renders[:64]
     if result["video"]:
         save_video(out / f"{name}-grid.gif", np.stack([grid(list(shown[:, f]), columns=8) for f in range(shown.shape[1])]), fps=4)

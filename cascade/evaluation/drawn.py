@@ -42,7 +42,10 @@ def objects_drawn(scenes: list[Any], readings: list[Any]) -> dict[str, dict[str,
 
 
 def markdown_drawn_table(drawn: dict[str, dict[str, int]]) -> str:
-    """:func:`objects_drawn` as a Markdown table: one row per count asked, one column per count found."""
+    """:func:`objects_drawn` as a Markdown table: one row per count asked, one column per count found;
+    empty when no scene had one group."""
+    if not drawn:
+        return ""
     columns = [str(n) for n in range(MANY)] + [f"{MANY}+"]
     head = "| asked | n | " + " | ".join(f"found {c}" for c in columns) + " |\n|" + "---|" * (len(columns) + 2) + "\n"
     rows = [f"| {asked} | {sum(row.values())} | " + " | ".join(str(row.get(c, 0)) for c in columns) + " |"
