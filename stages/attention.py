@@ -1,5 +1,9 @@
 """Spatial attention of the U-Net: self-attention over positions, with conditioning tokens appended
 to the keys and values (GLIDE, Nichol et al. 2022, section 2.2; Imagen, Saharia et al. 2022, appendix F).
+
+Optionally each position's token also carries where it is (:func:`position_features`, as ViT and
+DiT give their patches): without it, attention is blind to place but for what zero padding leaks
+into the convolutions' features, and "left of" or "above" has nothing to attach to.
 """
 
 from __future__ import annotations
@@ -11,6 +15,10 @@ from torch import nn
 from stages.blocks import zero_module
 from stages.group_norm import group_norm
 from stages.fused import linear_add
+
+# Frequencies (times pi) of the sine and cosine features of a position's normalised coordinates.
+POSITION_FREQUENCIES = (1, 2, 4, 8, 16, 32)
+POSITION_FEATURES = 4 * len(POSITION_FREQUENCIES)
 
 # Query-key pairs per head up to which a CPU attention that needs gradients runs as plain matmuls.
 _SMALL_ATTENTION = 16384
@@ -36,15 +44,33 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
         return scores.softmax(-1).to(v.dtype) @ v
 
 
+def position_features(height: int, width: int, device: torch.device) -> torch.Tensor:
+    """Where each of H*W positions is -> [H*W, POSITION_FEATURES] float32, row-major like the tokens.
+
+    sin and cos of f*pi*u for each frequency f, u the centre of a cell in [0, 1] (down then across),
+    so the features mean the same place at every resolution: at 8, 16 or 64 px, at the base's size
+    or any other. cos(pi*u) alone already tells left from right and top from bottom.
+    """
+    freqs = torch.tensor(POSITION_FREQUENCIES, dtype=torch.float32, device=device) * torch.pi  # [K]
+    rows = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) / height  # [H]
+    cols = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) / width  # [W]
+    y = (rows[:, None] * freqs).repeat_interleave(width, dim=0)  # [H*W, K]
+    x = (cols[:, None] * freqs).repeat(height, 1)  # [H*W, K]
+    return torch.cat([y.sin(), y.cos(), x.sin(), x.cos()], dim=1)
+
+
 class SpatialAttention(nn.Module):
     """x [N, C, H, W] attends to its own H*W positions and to ``context`` [N, L, D_ctx] -> [N, C, H, W].
 
     One fused QKV projection, one attention call (:func:`attend`) over [positions; context], the
     output projection and the residual add in one op where possible (:func:`~stages.fused.linear_add`);
     the output projection starts at zero, so the block starts as the identity.
+
+    ``positions``: add each position's :func:`position_features` to its token before the QKV
+    projection, through a zero-initialised projection (a block trained without it computes the same at first).
     """
 
-    def __init__(self, channels: int, head_dim: int, context_dim: int | None) -> None:
+    def __init__(self, channels: int, head_dim: int, context_dim: int | None, positions: bool = False) -> None:
         super().__init__()
         if channels % head_dim:
             raise ValueError(f"channels ({channels}) must be a multiple of head_dim ({head_dim})")
@@ -53,6 +79,7 @@ class SpatialAttention(nn.Module):
         self.qkv = nn.Linear(channels, 3 * channels)
         self.context_kv = nn.Linear(context_dim, 2 * channels) if context_dim else None
         self.out = zero_module(nn.Linear(channels, channels))
+        self.positions = zero_module(nn.Linear(POSITION_FEATURES, channels)) if positions else None
 
     def forward(
         self, x: torch.Tensor, context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None
@@ -60,6 +87,9 @@ class SpatialAttention(nn.Module):
         n, c, h, w = x.shape
         heads, head_dim = self.heads, c // self.heads
         tokens = self.norm(x).permute(0, 2, 3, 1).reshape(n, h * w, c)  # [N, HW, C]
+        if self.positions is not None:
+            where = self.positions(position_features(h, w, x.device).to(tokens.dtype))  # [HW, C]
+            tokens = tokens + where.to(tokens.dtype)
         q, k, v = self.qkv(tokens).reshape(n, h * w, 3, heads, head_dim).permute(2, 0, 3, 1, 4)  # [N, heads, HW, d]
         mask = None
         if context is not None and self.context_kv is not None:

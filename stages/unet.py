@@ -41,7 +41,10 @@ class UNetConfig:
     the scene and the video stage only has to move it. Images and clips without a given frame get zeros.
 
     ``text_context_layers``: transformer layers over the text context, trained with the stage
-    (:class:`~stages.context_refiner.ContextRefiner`); 0 feeds the encoder's states to attention as they are."""
+    (:class:`~stages.context_refiner.ContextRefiner`); 0 feeds the encoder's states to attention as they are.
+
+    ``attention_positions``: every spatial attention block adds where each position is to its tokens
+    (:func:`~stages.attention.position_features`), so relation words ("left of", "above") can bind to places."""
 
     in_channels: int = 3
     out_channels: int = 3
@@ -54,6 +57,7 @@ class UNetConfig:
     text_dim: int | None = None
     text_word_dim: int | None = None
     text_context_layers: int = 0
+    attention_positions: bool = False
     pooled_dim: int | None = None
     image_embed_dim: int | None = None
     image_tokens: int = 4
@@ -121,7 +125,9 @@ class Unit(nn.Module):
         super().__init__()
         self.res = ResBlock(in_channels, out_channels, config.embed_dim, config.dropout)
         context_dim = config.context_dim if config.has_context else None
-        self.attention = SpatialAttention(out_channels, config.head_dim, context_dim) if attention else None
+        self.attention = (
+            SpatialAttention(out_channels, config.head_dim, context_dim, config.attention_positions) if attention else None
+        )
         self.temporal_conv = TemporalConv(out_channels) if config.temporal else None
         self.temporal_attention = (
             TemporalAttention(out_channels, config.head_dim, config.temporal_max_distance)

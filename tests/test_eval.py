@@ -10,8 +10,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cascade.evaluation.cascade_eval import accuracy_by_kind, accuracy_table, read_renders, score_renders
-from cascade.evaluation.drawn import markdown_drawn_table, objects_drawn, reading_summary
+from cascade.evaluation.cascade_eval import accuracy_by_kind, accuracy_table, read_renders, score_readings, score_renders
+from cascade.evaluation.drawn import (
+    markdown_drawn_table,
+    markdown_two_groups_table,
+    objects_drawn,
+    reading_summary,
+    two_groups_drawn,
+)
 from cascade.evaluation.sr_fidelity import psnr, ssim
 from conftest import CASCADE, ROOT, run_command
 
@@ -51,6 +57,30 @@ def test_objects_drawn_counts_what_the_reader_found() -> None:
     assert json.loads(json.dumps(summary)) == summary and len(summary["groups"]) == 2
     assert {(g["colour"], g["shape"]) for g in summary["groups"]} == {(g.colour, g.shape) for g in scenes[pair].groups}
     assert summary["relation"] in ("above", "below", "left of", "right of")  # of the reader's first group to its second
+
+
+def test_two_groups_drawn_tells_alike_objects_from_misplaced_ones() -> None:
+    from data_pipeline.world import render_image, sample_scene
+
+    scenes = [sample_scene("eval", seed) for seed in range(40)]
+    readings = read_renders(np.stack([render_image(scene, 64) for scene in scenes]), video=False)
+    scores = score_readings(scenes, readings)
+    pairs = [i for i, s in enumerate(scenes) if len(s.groups) == 2]
+    drawn = two_groups_drawn(scenes, readings, scores)  # true renders: both objects right, in place
+    assert drawn == {"n": len(pairs), "groups_read": {"0": 0, "1": 0, "2": len(pairs), "3+": 0},
+                     "objects_right": len(pairs), "relation_right_of_those": len(pairs)}
+    # a render of two alike objects (a one-group scene of two) reads as one group: not both right
+    alike = next(i for i, s in enumerate(scenes) if len(s.groups) == 1 and s.groups[0].count == 2)
+    first = pairs[0]
+    wrong = score_readings([scenes[first]], [readings[alike]])[0]
+    turned = {**scores[first], "relation": False}  # both objects right, in the wrong places
+    drawn = two_groups_drawn([scenes[first]] * 3, [readings[alike], readings[first], readings[first]],
+                             [wrong, scores[first], turned])
+    assert drawn["groups_read"] == {"0": 0, "1": 1, "2": 2, "3+": 0}
+    assert drawn["objects_right"] == 2 and drawn["relation_right_of_those"] == 1
+    table = markdown_two_groups_table(drawn)
+    assert "| n | groups read: 0 | 1 | 2 | 3+ |" in table and "| 3 | 0 | 1 | 2 | 0 | 2 | 1 (50%) |" in table
+    assert two_groups_drawn(scenes[:0], readings[:0], scores[:0]) == {} and markdown_two_groups_table({}) == ""
 
 
 def test_psnr_and_ssim_closed_forms() -> None:

@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from cascade.errors import UserError
     from cascade.evaluation.cascade_eval import EvalRequest, evaluate_cascade, markdown_kind_table, markdown_table
-    from cascade.evaluation.drawn import markdown_drawn_table
+    from cascade.evaluation.drawn import markdown_drawn_table, markdown_two_groups_table
     from cascade.fileio import atomic_write_text
 
     folder = args.checkpoint or DEFAULT_CASCADE
@@ -62,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
     print(markdown_kind_table(result["accuracy_by_kind"]))
     if drawn_table := markdown_drawn_table(result["objects_drawn"]):
         print(drawn_table)
+    if two_groups_table := markdown_two_groups_table(result["two_groups"]):
+        print(two_groups_table)
     if args.sr is not None:
         rows = sr_fidelity(cascade, args.split, min(args.n, 100), args.batch_size,
                            cascade.settings(sampler=args.sampler, steps=args.steps, guidance=args.guidance),

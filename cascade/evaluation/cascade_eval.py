@@ -18,7 +18,13 @@ from typing import Any
 import numpy as np
 
 from cascade.errors import UserError
-from cascade.evaluation.drawn import markdown_drawn_table, objects_drawn, reading_summary
+from cascade.evaluation.drawn import (
+    markdown_drawn_table,
+    markdown_two_groups_table,
+    objects_drawn,
+    reading_summary,
+    two_groups_drawn,
+)
 from cascade.fileio import atomic_write_text
 from cascade.images import grid, save_png, save_video, to_uint8
 
@@ -145,7 +151,7 @@ def evaluate_cascade(request: EvalRequest) -> dict[str, Any]:
         "split": request.split, "n": request.n, "video": request.video, "size": int(renders.shape[-2]),
         "sampler": settings.sampler, "steps": list(settings.steps), "guidance": list(settings.guidance),
         "checkpoint": str(request.checkpoint), "accuracy": table, "accuracy_by_kind": accuracy_by_kind(scenes, scores),
-        "objects_drawn": objects_drawn(scenes, readings),
+        "objects_drawn": objects_drawn(scenes, readings), "two_groups": two_groups_drawn(scenes, readings, scores),
         "samples": [{"caption": c, "scores": s, "read": reading_summary(r)} for c, s, r in zip(captions, scores, readings)],
     }
     if request.out is not None:
@@ -159,7 +165,8 @@ def write_report(out: Path, result: dict[str, Any], renders: np.ndarray) -> None
     atomic_write_text(out / f"{name}.json", json.dumps(result, indent=1))
     title = f"{result['split']} split, {result['n']} prompts, {result['size']} px, {result['sampler']} {result['steps']}"
     atomic_write_text(out / f"{name}.md", markdown_table(result["accuracy"], title) + "\n"
-                      + markdown_kind_table(result["accuracy_by_kind"]) + "\n" + markdown_drawn_table(result["objects_drawn"]))
+                      + markdown_kind_table(result["accuracy_by_kind"]) + "\n" + markdown_drawn_table(result["objects_drawn"])
+                      + "\n" + markdown_two_groups_table(result["two_groups"]))
     shown = renders[:64]
     if result["video"]:
         save_video(out / f"{name}-grid.gif", np.stack([grid(list(shown[:, f]), columns=8) for f in range(shown.shape[1])]), fps=4)

@@ -3,7 +3,9 @@
 ``cascade eval`` scores each attribute right or wrong; these say *how* a render was wrong. The
 count is the attribute the shapes-world base gets wrong most often in one-group scenes, and a
 score alone cannot tell "drew three where two were asked" from "drew two cubes and a sphere":
-:func:`objects_drawn` counts every object the reader found, whatever its colour or shape.
+:func:`objects_drawn` counts every object the reader found, whatever its colour or shape. In
+two-group scenes ("a red cube to the left of a blue star") :func:`two_groups_drawn` tells a base
+that draws both objects alike (one group read) from one that draws them right but in the wrong places.
 """
 
 from __future__ import annotations
@@ -51,3 +53,35 @@ def markdown_drawn_table(drawn: dict[str, dict[str, int]]) -> str:
     rows = [f"| {asked} | {sum(row.values())} | " + " | ".join(str(row.get(c, 0)) for c in columns) + " |"
             for asked, row in drawn.items()]
     return "**objects drawn in one-group scenes**\n\n" + head + "\n".join(rows) + "\n"
+
+
+def two_groups_drawn(scenes: list[Any], readings: list[Any], scores: list[dict[str, bool | None]]) -> dict[str, Any]:
+    """For two-group scenes: how many groups the reader found (``"0"`` .. ``"2"``, ``"3+"``: how many
+    renders), how many drew both objects right (colour, shape and count of both, nothing more) and
+    how many of those stand in the asked relation. Empty when no scene had two groups."""
+    read = {"0": 0, "1": 0, "2": 0, "3+": 0}
+    objects_right = relation_right = 0
+    for scene, reading, score in zip(scenes, readings, scores, strict=True):
+        if len(scene.groups) != 2:
+            continue
+        found = len(reading.groups)
+        read["3+" if found >= 3 else str(found)] += 1
+        if score["colour"] and score["shape"] and score["count"]:
+            objects_right += 1
+            relation_right += bool(score["relation"])
+    n = sum(len(scene.groups) == 2 for scene in scenes)
+    if not n:
+        return {}
+    return {"n": n, "groups_read": read, "objects_right": objects_right, "relation_right_of_those": relation_right}
+
+
+def markdown_two_groups_table(drawn: dict[str, Any]) -> str:
+    """:func:`two_groups_drawn` as a one-row Markdown table; empty when no scene had two groups."""
+    if not drawn:
+        return ""
+    read, right = drawn["groups_read"], drawn["objects_right"]
+    share = f" ({drawn['relation_right_of_those'] / right:.0%})" if right else ""
+    return ("**two-group scenes**\n\n| n | groups read: 0 | 1 | 2 | 3+ | both objects right "
+            "| in the asked relation, of those |\n|---|---|---|---|---|---|---|\n"
+            f"| {drawn['n']} | {read['0']} | {read['1']} | {read['2']} | {read['3+']} | {right} | "
+            f"{drawn['relation_right_of_those']}{share} |\n")

@@ -57,15 +57,17 @@ def text_conditioning(encoder: Any, captions: list[str], dtype: torch.dtype) -> 
 
 
 #: Parts of parameter names of layers that start as the identity (temporal layers, the zero-initialised
-#: word-embedding projection, the context refiner): a release without them still fits the stage.
-_IDENTITY_AT_FIRST = ("temporal", "network.text_words.", "network.text_refiner.")
+#: word-embedding projection, the context refiner, attention's position projection): a release without
+#: them still fits the stage.
+_IDENTITY_AT_FIRST = ("temporal", "network.text_words.", "network.text_refiner.", ".attention.positions.")
 
 
 def initialise_from_release(stage: DiffusionStage, folder: Path) -> None:
     """Start from a released stage's EMA weights; only layers the release lacks may stay new, and
     they must be layers that start as the identity: temporal layers (an image stage initialising its
     video variant), the word-embedding projection (``text_word_dim``, zero at first) or the context
-    refiner (``text_context_layers``, the identity at first). A video stage
+    refiner (``text_context_layers``, the identity at first) or attention's position projection
+    (``attention_positions``, zero at first). A video stage
     conditioned on its first frame gets the release's input convolution with zero weights for the frame."""
     from safetensors.torch import load_file
 
