@@ -19,6 +19,11 @@ from stages.fused import linear_add
 # Frequencies (times pi) of the sine and cosine features of a position's normalised coordinates.
 POSITION_FREQUENCIES = (1, 2, 4, 8, 16, 32)
 POSITION_FEATURES = 4 * len(POSITION_FREQUENCIES)
+# The features' scale as the projection reads them. Adam moves each weight by about the learning rate a
+# step, whatever its gradient's size, so a zero-initialised projection's output grows with the scale of
+# its input: from features of unit size it reached 0.01 per weight after 250 steps at lr 2e-4, a
+# hundredth of the tokens' unit scale; ten times larger, it gets there ten times sooner.
+POSITION_GAIN = 10.0
 
 # Query-key pairs per head up to which a CPU attention that needs gradients runs as plain matmuls.
 _SMALL_ATTENTION = 16384
@@ -88,7 +93,7 @@ class SpatialAttention(nn.Module):
         heads, head_dim = self.heads, c // self.heads
         tokens = self.norm(x).permute(0, 2, 3, 1).reshape(n, h * w, c)  # [N, HW, C]
         if self.positions is not None:
-            where = self.positions(position_features(h, w, x.device).to(tokens.dtype))  # [HW, C]
+            where = self.positions((POSITION_GAIN * position_features(h, w, x.device)).to(tokens.dtype))  # [HW, C]
             tokens = tokens + where.to(tokens.dtype)
         q, k, v = self.qkv(tokens).reshape(n, h * w, 3, heads, head_dim).permute(2, 0, 3, 1, 4)  # [N, heads, HW, d]
         mask = None
