@@ -60,16 +60,16 @@ def two_groups_drawn(scenes: list[Any], readings: list[Any], scores: list[dict[s
     renders), how many drew both objects right (colour, shape and count of both, nothing more) and
     how many of those stand in the asked relation. Empty when no scene had two groups."""
     read = {"0": 0, "1": 0, "2": 0, "3+": 0}
-    objects_right = relation_right = 0
+    n = objects_right = relation_right = 0
     for scene, reading, score in zip(scenes, readings, scores, strict=True):
         if len(scene.groups) != 2:
             continue
+        n += 1
         found = len(reading.groups)
         read["3+" if found >= 3 else str(found)] += 1
         if score["colour"] and score["shape"] and score["count"]:
             objects_right += 1
             relation_right += bool(score["relation"])
-    n = sum(len(scene.groups) == 2 for scene in scenes)
     if not n:
         return {}
     return {"n": n, "groups_read": read, "objects_right": objects_right, "relation_right_of_those": relation_right}
