@@ -8,6 +8,8 @@ into the convolutions' features, and "left of" or "above" has nothing to attach 
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -49,8 +51,10 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
         return scores.softmax(-1).to(v.dtype) @ v
 
 
+@lru_cache(maxsize=32)
 def position_features(height: int, width: int, device: torch.device) -> torch.Tensor:
     """Where each of H*W positions is -> [H*W, POSITION_FEATURES] float32, row-major like the tokens.
+    Made once per size and device (every attention block of every step asks again): read, never modify.
 
     sin and cos of f*pi*u for each frequency f, u the centre of a cell in [0, 1] (down then across),
     so the features mean the same place at every resolution: at 8, 16 or 64 px, at the base's size
@@ -93,7 +97,8 @@ class SpatialAttention(nn.Module):
         heads, head_dim = self.heads, c // self.heads
         tokens = self.norm(x).permute(0, 2, 3, 1).reshape(n, h * w, c)  # [N, HW, C]
         if self.positions is not None:
-            where = self.positions((POSITION_GAIN * position_features(h, w, x.device)).to(tokens.dtype))  # [HW, C]
+            features = POSITION_GAIN * position_features(h, w, x.device)  # [HW, F]
+            where = self.positions(features.to(self.positions.weight.dtype))  # [HW, C]
             tokens = tokens + where.to(tokens.dtype)
         q, k, v = self.qkv(tokens).reshape(n, h * w, 3, heads, head_dim).permute(2, 0, 3, 1, 4)  # [N, heads, HW, d]
         mask = None
